@@ -1,0 +1,127 @@
+"""Time VLM-Pruner's selection against a literal one-batch-at-a-time transcription.
+
+Both run on the same inputs, side by side, and must select the same tokens. Inputs
+are built like a VLM's layer-1 outputs: a large shared offset, a spatially smooth
+low-rank part and noise, so tokens are alike (mean screened cosine ~0.7, printed) and
+neighbours more so.
+
+    python benchmarks/selection.py                       # CPU, all sizes
+    python benchmarks/selection.py --sizes 576 1296 --dims 4096
+    python benchmarks/selection.py --device cuda         # fast path on the GPU as well
+
+Prints one row per (N, D): median milliseconds of the whole ``select`` for each
+implementation and their ratio (literal / fast), then the same for stage 2 alone (the
+rounds of parallel greedy, given the same pivots; the literal loop also gets its N x N
+similarity and distance matrices precomputed for free).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pruning.methods import vlm_pruner  # noqa: E402
+from tests.reference.vlm_pruner_loop import rounds_loop, select_loop  # noqa: E402
+
+GRIDS = {576: (1, 24, 24), 1296: (1, 36, 36), 4096: (16, 16, 16), 16384: (1, 128, 128)}
+KEY_DIMS = {3584: 512, 4096: 4096}  # Qwen2-VL-7B (4 KV heads x 128), LLaVA-1.5-7B (32 x 128)
+
+
+def vlm_like(grid, dim, key_dim, seed=0, rank=16, offset=3.0):
+    g = torch.Generator().manual_seed(seed)
+    t, h, w = grid
+    n = t * h * w
+    coarse = torch.randn(t, rank, max(h // 4, 1), max(w // 4, 1), generator=g)
+    coef = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear")
+    coef = coef.permute(0, 2, 3, 1).reshape(n, rank)
+    hidden = (offset * torch.randn(dim, generator=g) + coef @ torch.randn(rank, dim, generator=g) * 0.5
+              + 0.5 * torch.randn(n, dim, generator=g))
+    proj = torch.randn(dim, key_dim, generator=g) / math.sqrt(dim)
+    return hidden, hidden @ proj
+
+
+def timed(fn, repeats, device):
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3, out
+
+
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(GRIDS), choices=list(GRIDS),
+                        help="numbers of visual tokens N (default: all)")
+    parser.add_argument("--dims", type=int, nargs="+", default=list(KEY_DIMS), choices=list(KEY_DIMS),
+                        help="hidden sizes D (default: 3584 4096)")
+    parser.add_argument("--pruning-rate", type=float, default=0.889)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the fast path")
+    parser.add_argument("--loop-repeats", type=int, default=3, help="timed repeats of the literal loop")
+    parser.add_argument("--skip-loop-above", type=int, default=16384,
+                        help="do not run the literal loop for N above this (it is slow)")
+    parser.add_argument("--device", default="cpu", help="device for an extra column of the fast path")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cpu = torch.device("cpu")
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"pruning rate {args.pruning_rate:.1%}, token_batch 16; times in ms (median)")
+    head = (f"{'N':>6} {'D':>5} {'R':>5} {'cos':>5} | {'fast':>8} {'loop':>8} {'ratio':>6} {'same':>5} |"
+            f" {'rounds: fast':>12} {'loop':>8} {'ratio':>6}")
+    if device.type != "cpu":
+        head += f" | {device.type:>8}"
+    print(head)
+    for n in args.sizes:
+        grid = GRIDS[n]
+        r = round(n * (1 - args.pruning_rate))
+        for dim in args.dims:
+            hidden, keys = vlm_like(grid, dim, KEY_DIMS[dim])
+            unit = vlm_pruner.screened_unit_vectors(hidden, 256)
+            pivots = vlm_pruner.pivot_tokens(keys, 4)
+            pos, nf = vlm_pruner.token_positions(grid, 1.0, cpu)
+            mean_cos = float((unit.mean(0) @ unit.mean(0)) * n / (n - 1) - 1 / (n - 1))
+            vlm_pruner.select(hidden, keys, grid, r)  # warm-up
+            fast_ms, fast = timed(lambda: vlm_pruner.select(hidden, keys, grid, r), args.repeats, cpu)
+            rounds_ms, _ = timed(lambda: vlm_pruner.centrifugal_selection(
+                unit, pos, nf, pivots, r, 0.8, 0.5, 16), args.repeats, cpu)
+            row = f"{n:>6} {dim:>5} {r:>5} {mean_cos:>5.2f} | {fast_ms:>8.2f}"
+            if n <= args.skip_loop_above:
+                loop_ms, (keep, _, _) = timed(lambda: select_loop(hidden, keys, grid, r),
+                                              args.loop_repeats, cpu)
+                sim, dist = unit @ unit.T, torch.cdist(pos, pos)
+                loop_rounds_ms, _ = timed(lambda: rounds_loop(sim, dist, nf, pivots.tolist(), r),
+                                          args.loop_repeats, cpu)
+                same = torch.equal(fast.keep, keep)
+                row += (f" {loop_ms:>8.1f} {loop_ms / fast_ms:>5.1f}x {str(same):>5} |"
+                        f" {rounds_ms:>12.2f} {loop_rounds_ms:>8.1f} {loop_rounds_ms / rounds_ms:>5.1f}x")
+            else:
+                row += f" {'-':>8} {'-':>6} {'-':>5} | {rounds_ms:>12.2f} {'-':>8} {'-':>6}"
+            if device.type != "cpu":
+                hd, kd = hidden.to(device), keys.to(device)
+                vlm_pruner.select(hd, kd, grid, r)
+                dev_ms, dev = timed(lambda: vlm_pruner.select(hd, kd, grid, r), args.repeats, device)
+                row += f" | {dev_ms:>8.2f}"
+                if not torch.equal(dev.keep.cpu(), fast.keep):
+                    row += " (selection differs from CPU)"
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Pruning methods, found by name.
+
+A method is a pure function from tensors to a :class:`Selection`; it knows nothing of
+models, configs or I/O. Each lives in its own module and registers itself here with
+:func:`register`, which refuses a name that is already taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The visual tokens a method keeps from one span of N tokens.
+
+    keep:           (R,) int64, indices into the span, sorted ascending.
+    hidden_states:  (R, D) the kept tokens' states in ``keep`` order after any fusion,
+                    or None when the method leaves the kept states unchanged.
+    """
+
+    keep: torch.Tensor
+    hidden_states: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method.
+
+    name:           the name configs use.
+    select:         the pure selection function.
+    signals:        the inputs the model wiring must supply (documented per method).
+    default_layer:  decoder layer to prune before (0 = on the visual embeddings).
+    min_layer:      the smallest layer the method can run at.
+    """
+
+    name: str
+    select: Callable[..., Selection]
+    signals: tuple[str, ...]
+    default_layer: int
+    min_layer: int
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, *, signals: tuple[str, ...], default_layer: int, min_layer: int = 0):
+    """Decorator: register ``select`` under ``name``; a duplicate name is an error."""
+
+    def wrap(select: Callable[..., Selection]) -> Callable[..., Selection]:
+        if name in _REGISTRY:
+            raise ValueError(f"pruning method {name!r} is already registered")
+        _REGISTRY[name] = MethodSpec(name, select, tuple(signals), default_layer, min_layer)
+        return select
+
+    return wrap
+
+
+def get_method(name: str) -> MethodSpec:
+    """The method registered as ``name``; unknown names list the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown pruning method {name!r}; known methods: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def list_methods() -> list[str]:
+    return sorted(_REGISTRY)
