@@ -18,11 +18,18 @@ import torch
 import torch.nn.functional as F
 
 from pruning.methods import checks
-from pruning.methods.registry import Selection, register
+from pruning.methods.registry import Param, Selection, register
+
+PARAMS = {
+    "num_visual_pivots": Param(int, 4, "visual pivots: the span's tokens with the largest key L1 norm",
+                               low=1),
+    "num_text_pivots": Param(int, 4, "text pivots: the following text tokens with the largest key L1 norm",
+                             low=1),
+}
 
 
 @register("dart", signals=("key_states", "normed_hidden_states", "text_key_states",
-                           "text_normed_hidden_states"), default_layer=2, min_layer=1)
+                           "text_normed_hidden_states"), default_layer=2, min_layer=1, params=PARAMS)
 def select(key_states: torch.Tensor, hidden_states: torch.Tensor, num_retain: int, *,
            text_key_states: torch.Tensor | None = None,
            text_hidden_states: torch.Tensor | None = None,

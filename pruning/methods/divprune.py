@@ -17,7 +17,11 @@ from pruning.methods.registry import Selection, register
 _CHUNK = 4096
 
 
-@register("divprune", signals=("embeddings",), default_layer=0)
+# No configurable parameters beyond num_retain and layer.
+PARAMS: dict = {}
+
+
+@register("divprune", signals=("embeddings",), default_layer=0, params=PARAMS)
 def select(embeddings: torch.Tensor, num_retain: int) -> Selection:
     """Keep ``min(R, N)`` mutually diverse tokens.
 

@@ -12,7 +12,11 @@ from pruning.methods import checks
 from pruning.methods.registry import Selection, register
 
 
-@register("fastv", signals=("attention",), default_layer=2, min_layer=1)
+# No configurable parameters beyond num_retain and layer.
+PARAMS: dict = {}
+
+
+@register("fastv", signals=("attention",), default_layer=2, min_layer=1, params=PARAMS)
 def select(attention: torch.Tensor, num_retain: int) -> Selection:
     """Keep the R tokens with the highest head-averaged attention.
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from pruning.methods import checks
-from pruning.methods.registry import Selection, register
+from pruning.methods.registry import Param, Selection, register
+
+PARAMS = {"seed": Param(int, 0, "seed of the generator that draws the kept tokens", low=0)}
 
 
-@register("random", signals=("num_tokens",), default_layer=0)
+@register("random", signals=("num_tokens",), default_layer=0, params=PARAMS)
 def select(num_tokens: int, num_retain: int, *, seed: int = 0,
            device: torch.device | str = "cpu") -> Selection:
     """Keep ``min(R, N)`` tokens chosen at random; the same seed gives the same tokens.

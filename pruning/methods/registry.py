@@ -7,8 +7,9 @@ models, configs or I/O. Each lives in its own module and registers itself here w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 
@@ -27,6 +28,32 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class Param:
+    """One keyword parameter of a method: its type, default, inclusive range and meaning.
+
+    Only a description: ``pruning.config.PruningConfig`` validates configured values
+    against it, and each ``select`` checks its own arguments.
+    """
+
+    kind: type  # int or float
+    default: Union[int, float]
+    help: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+
+    def allowed(self) -> str:
+        """The allowed values in words, e.g. "an integer >= 1" or "a number in [0, 1]"."""
+        kind = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{kind} in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{kind} >= {self.low:g}"
+        if self.high is not None:
+            return f"{kind} <= {self.high:g}"
+        return kind
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A registered method.
 
@@ -35,6 +62,7 @@ class MethodSpec:
     signals:        the inputs the model wiring must supply (documented per method).
     default_layer:  decoder layer to prune before (0 = on the visual embeddings).
     min_layer:      the smallest layer the method can run at.
+    params:         the method's configurable keyword parameters by name (read-only).
     """
 
     name: str
@@ -42,18 +70,24 @@ class MethodSpec:
     signals: tuple[str, ...]
     default_layer: int
     min_layer: int
+    params: Mapping[str, Param] = field(default_factory=lambda: MappingProxyType({}))
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, signals: tuple[str, ...], default_layer: int, min_layer: int = 0):
-    """Decorator: register ``select`` under ``name``; a duplicate name is an error."""
+def register(name: str, *, signals: tuple[str, ...], default_layer: int, min_layer: int = 0,
+             params: Optional[Mapping[str, Param]] = None):
+    """Decorator: register ``select`` under ``name``; a duplicate name is an error.
+
+    ``params`` describes the keyword parameters a config may set (the module's ``PARAMS``).
+    """
 
     def wrap(select: Callable[..., Selection]) -> Callable[..., Selection]:
         if name in _REGISTRY:
             raise ValueError(f"pruning method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(name, select, tuple(signals), default_layer, min_layer)
+        _REGISTRY[name] = MethodSpec(name, select, tuple(signals), default_layer, min_layer,
+                                     MappingProxyType(dict(params or {})))
         return select
 
     return wrap

@@ -10,7 +10,11 @@ from pruning.methods import checks
 from pruning.methods.registry import Selection, register
 
 
-@register("uniform", signals=("grid",), default_layer=0)
+# No configurable parameters beyond num_retain and layer.
+PARAMS: dict = {}
+
+
+@register("uniform", signals=("grid",), default_layer=0, params=PARAMS)
 def select(grid: tuple[int, int, int], num_retain: int, *,
            device: torch.device | str = "cpu") -> Selection:
     """Keep ``min(R, N)`` tokens spread evenly over each frame.

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pruning.methods import checks
-from pruning.methods.registry import Selection, register
+from pruning.methods.registry import Param, Selection, register
 
 # Added to tau after every round (spec: "tau += 0.1 each next round").
 TAU_STEP = 0.1
@@ -38,12 +38,25 @@ MIN_WEIGHT_SUM = 1e-8
 # Cosine similarity of a zero vector is taken as 0 (normalisation floor).
 NORM_EPS = 1e-8
 
+# Spec defaults (paper, LLaVA-1.5-7B ablations); must match select()'s defaults.
+PARAMS = {
+    "num_pivots": Param(int, 4, "kappa, pivot tokens taken from the keys", low=1),
+    "top_channels": Param(int, 256, "q, highest-variance channels used for similarity", low=1),
+    "threshold": Param(float, 0.8, "tau0, the first round's BSS threshold", low=0),
+    "spatial_lambda": Param(float, 0.5, "lambda, strength of Buffering for Spatial Sparsity", low=0),
+    "token_batch": Param(int, 16, "B, candidates accepted in parallel (1 = sequential greedy)", low=1),
+    "merge_weight": Param(float, 0.3, "beta, weight a retained token keeps in the SWA fusion",
+                          low=0, high=1),
+    "temporal_scale": Param(float, 1.0, "length of one frame step in token steps (video)", low=0),
+}
+
 
 @register(
     "vlm_pruner",
     signals=("hidden_states", "key_states", "grid"),
     default_layer=2,
     min_layer=1,
+    params=PARAMS,
 )
 def select(
     hidden_states: torch.Tensor,

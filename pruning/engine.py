@@ -1,0 +1,410 @@
+"""Prune visual tokens inside a transformers VLM, once per prefill, through forward hooks.
+
+``apply(model, config)`` installs hooks; from then on every ``forward`` and ``generate``
+of the model removes visual tokens before decoder layer K (``config.layer``):
+
+    model pre-hook          finds each sample's visual spans from input_ids + grids (prefill)
+    layer K-1 attention     takes its normed input and computes rotary keys (and, for
+      pre-hook              FastV, the last prompt token's attention row)
+    layer K pre-hook        runs the method per span, gathers the kept tokens (text is
+                            never removed), left-pads the batch to the longest kept
+                            sequence, and swaps in gathered rotary embeddings, position
+                            ids and a causal mask built for the shorter sequence
+    layers > K pre-hooks    receive the same swapped arguments
+
+Semantics (../shared/spec/vlm-pruner.md): kept tokens keep their original position
+ids (rotary cos/sin are gathered, not recomputed), layers before K cache the full
+sequence and layers from K on only the kept tokens, and decoding continues at the
+original length: the model's own cache_position and rotary positions are untouched,
+only the attention mask of layers >= K is rebuilt each decode step from the kept
+columns plus the new ones. With K = 0 the tokens are removed right after the
+projector, before any decoder layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from pruning.config import NO_PRUNING, PruningConfig
+from pruning.methods import get_method
+from pruning.models import Span, family_for
+from pruning.models.base import InstanceAttribute
+
+
+@dataclass
+class SpanStats:
+    """What happened to one visual span. ``keep`` indexes the span's own tokens (raster
+    order over ``grid``), so a caller can draw the kept tokens on the image."""
+
+    kind: str
+    grid: tuple[int, int, int]
+    before: int
+    after: int
+    keep: list[int]
+    select_seconds: float
+
+
+@dataclass
+class CallStats:
+    """One pruned prefill: per sample, its spans; plus sequence lengths per sample."""
+
+    samples: list[list[SpanStats]] = field(default_factory=list)
+    seq_len: int = 0
+    kept_seq_len: list[int] = field(default_factory=list)
+    select_seconds: float = 0.0
+
+    def visual_tokens(self) -> tuple[list[int], list[int]]:
+        """Per sample: visual tokens before and after pruning."""
+        return ([sum(s.before for s in spans) for spans in self.samples],
+                [sum(s.after for s in spans) for spans in self.samples])
+
+
+class PruningHandle:
+    """Hooks installed by :func:`apply`; ``remove()`` (or leaving a ``with`` block) undoes them.
+
+    ``stats`` holds the :class:`CallStats` of the latest prefill. ``config`` may be
+    replaced between calls (same layer) to switch method or rate on a loaded model.
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig):
+        self.model, self.family = model, family_for(model)
+        self.text = self.family.text_model(model)
+        layers = self.text.layers
+        config.validate(num_layers=len(layers))
+        self._config = config
+        self.layer = config.layer or 0  # the unpruned baseline ('none') only records spans
+        self.stats: CallStats | None = None
+        self.keep_index: torch.Tensor | None = None  # (B, S') kept positions, -1 = padding
+        self._pending: dict | None = None  # per prefill: spans, masks, captured signals
+        self._decode: dict | None = None  # after a pruned prefill: what decode steps need
+        self._swap: dict | None = None  # arguments given to layers >= K in this forward
+
+        hooks = [model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
+                 model.register_forward_hook(self._on_model_return)]
+        if self.layer >= 1:
+            hooks.append(layers[self.layer - 1].self_attn.register_forward_pre_hook(
+                self._capture_signals, with_kwargs=True))
+        hooks.append(layers[self.layer].register_forward_pre_hook(self._prune, with_kwargs=True))
+        for layer in layers[self.layer + 1:]:
+            hooks.append(layer.register_forward_pre_hook(self._use_swapped, with_kwargs=True))
+        self._media: dict = {}  # per modality: what the vision encoder was last given
+        self._recording = False
+        self._hooks = hooks + self._capture_media_inputs() + self.family.install(model, self)
+
+    @property
+    def sequence_is_pruned(self) -> bool:
+        """True while layers >= K of a pruned prefill run (their inputs are the kept tokens)."""
+        return self._swap is not None and self.keep_index is not None
+
+    @property
+    def config(self) -> PruningConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: PruningConfig) -> None:
+        config.validate(num_layers=len(self.text.layers))
+        if (config.layer or 0) != self.layer:
+            raise ValueError(f"layer: this handle prunes before layer {self.layer}; "
+                             f"apply a new handle for layer {config.layer}")
+        self._config = config
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def __enter__(self) -> "PruningHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def _capture_media_inputs(self) -> list:
+        """Record what the vision encoder is given (grids, image sizes).
+
+        ``generate`` runs ``get_image_features`` / ``get_video_features`` once, before the
+        first forward, and passes their outputs (``mm_encoder_outputs``) instead of the
+        pixels and grids to every forward of that call, so the spans' grids are taken
+        here. The wrappers keep the originals' signatures (generate inspects them).
+        """
+        base, restores = self.model.base_model, []
+        for modality in ("image", "video"):
+            name = f"get_{modality}_features"
+            original = getattr(base, name, None)
+            if original is None:
+                continue
+
+            @functools.wraps(original)
+            def record(*args, _original=original, _modality=modality, **kwargs):
+                if self._recording:  # Qwen3-VL's video getter calls the image getter
+                    return _original(*args, **kwargs)
+                named = inspect.signature(_original).bind_partial(*args, **kwargs).arguments
+                self._media[_modality] = {k: v for k, v in {**named.pop("kwargs", {}), **named}.items()
+                                          if not k.startswith("pixel_values")}
+                self._recording = True
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    self._recording = False
+
+            setattr(base, name, record)
+            restores.append(InstanceAttribute(base, name, record))
+        return restores
+
+    # -- model call ------------------------------------------------------------------
+
+    def _on_model_call(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("past_key_values")
+        prefill = cache is None or cache.get_seq_length() == 0
+        self._pending = self._swap = None
+        mask = kwargs.get("attention_mask")
+        if prefill:
+            self._decode = self.keep_index = None
+            if input_ids is None:
+                return None
+            mask = _mask_2d(mask, input_ids)
+            media = {}
+            for modality, encoded in (kwargs.get("mm_encoder_outputs") or {}).items():
+                if encoded is not None:
+                    media.update(self._media.get(modality, {}))
+            spans = self.family.spans(self.model, input_ids, {**media, **kwargs})
+            if any(spans):
+                self._pending = {"spans": spans, "mask": mask}
+            else:  # nothing visual: record that, change nothing
+                batch, seq_len = input_ids.shape
+                self.stats = CallStats([[] for _ in range(batch)], seq_len, [seq_len] * batch)
+        elif self._decode is not None:
+            # Columns of the original-length mask added since the prefill (one per token).
+            d = self._decode
+            step = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
+            if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+                d["new_columns"] = mask[:, d["seq_len"]:].to(torch.long)
+            else:
+                d["new_columns"] = d["mask"].new_ones(d["mask"].shape[0], d["seen"] + step - d["seq_len"])
+            d["seen"] += step
+        return None
+
+    def _on_model_return(self, module, args, output):
+        self._pending = self._swap = None
+        return None
+
+    # -- layer K-1: signals -----------------------------------------------------------
+
+    def _capture_signals(self, module, args, kwargs):
+        pending = self._pending
+        if pending is None or self._config.method == NO_PRUNING or \
+                not _NEEDS_KEYS & set(get_method(self._config.method).signals):
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D) normed
+        q, k = rotary_query_key(module, hidden, kwargs["position_embeddings"])
+        b, _, s, d = k.shape
+        pending["keys"] = k.transpose(1, 2).reshape(b, s, -1)  # (B, S, kv_heads * d)
+        if self._config.method == "fastv":
+            pending["attention"] = last_token_attention(q, k, pending["mask"], module.scaling)
+        return None
+
+    # -- layer K: prune ---------------------------------------------------------------
+
+    def _prune(self, module, args, kwargs):
+        if self._pending is not None:
+            return self._prune_prefill(args, kwargs)
+        if self._decode is not None and "new_columns" in self._decode:
+            d = self._decode
+            pruned_mask = torch.cat([d["mask"], d["new_columns"]], dim=1)
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            self._swap = {"attention_mask": self._causal_mask(hidden, pruned_mask, kwargs)}
+            kwargs.update(self._swap)
+            return args, kwargs
+        return None
+
+    def _prune_prefill(self, args, kwargs):
+        pending, config = self._pending, self._config
+        hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D)
+        batch, seq_len = hidden.shape[:2]
+        stats = CallStats(seq_len=seq_len)
+        normed = self.text.norm(hidden) if config.method == "dart" else None
+        keep_rows, new_states = [], []
+        for b in range(batch):
+            keep = torch.ones(seq_len, dtype=torch.bool, device=hidden.device)
+            row_states, sample_stats = {}, []
+            visual = torch.zeros(seq_len, dtype=torch.bool, device=hidden.device)
+            for span in pending["spans"][b]:
+                visual[span.positions] = True
+            for span in pending["spans"][b]:
+                start = time.perf_counter()
+                local, states = self._select(b, span, hidden, normed, visual, pending)
+                elapsed = time.perf_counter() - start
+                keep[span.positions] = False
+                kept_positions = span.positions[local]
+                keep[kept_positions] = True
+                if states is not None:
+                    row_states[kept_positions] = states
+                sample_stats.append(SpanStats(span.kind, span.grid, span.num_tokens, local.numel(),
+                                              local.tolist(), elapsed))
+                stats.select_seconds += elapsed
+            stats.samples.append(sample_stats)
+            keep_rows.append(keep.nonzero().squeeze(1))
+            new_states.append(row_states)
+        stats.kept_seq_len = [int(k.numel()) for k in keep_rows]
+        self.stats = stats
+        if all(n == seq_len for n in stats.kept_seq_len):
+            self._pending = None
+            return None  # nothing removed: leave the forward exactly as it was
+
+        width = max(stats.kept_seq_len)
+        keep_index = torch.full((batch, width), -1, dtype=torch.long, device=hidden.device)
+        for b, rows in enumerate(keep_rows):
+            keep_index[b, width - rows.numel():] = rows  # left padding, like generate's inputs
+        safe = keep_index.clamp_min(0)
+        new_hidden = hidden.gather(1, safe[..., None].expand(-1, -1, hidden.shape[-1])).clone()
+        for b, row_states in enumerate(new_states):
+            for positions, states in row_states.items():
+                slots = torch.searchsorted(keep_index[b, width - keep_rows[b].numel():], positions)
+                new_hidden[b, width - keep_rows[b].numel() + slots] = states.to(new_hidden.dtype)
+        new_hidden[keep_index < 0] = 0
+        pruned_mask = pending["mask"].gather(1, safe) * (keep_index >= 0)  # (B, S')
+
+        cos, sin = kwargs["position_embeddings"]
+        swap = {"position_embeddings": (_gather_seq(cos, safe), _gather_seq(sin, safe)),
+                "attention_mask": self._causal_mask(new_hidden, pruned_mask, kwargs)}
+        position_ids = kwargs.get("position_ids")
+        if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == seq_len:
+            swap["position_ids"] = _gather_last(position_ids, safe)
+        if isinstance(kwargs.get("cache_position"), torch.Tensor):
+            swap["cache_position"] = torch.arange(width, device=hidden.device)
+        self._swap, self.keep_index = swap, keep_index
+        self._decode = {"mask": pruned_mask, "seq_len": seq_len, "seen": seq_len}
+        self._pending = None
+        if "hidden_states" in kwargs:
+            kwargs["hidden_states"] = new_hidden
+        else:
+            args = (new_hidden,) + tuple(args[1:])
+        kwargs.update(swap)
+        return args, kwargs
+
+    def _select(self, b: int, span: Span, hidden, normed, visual, pending):
+        """Run the configured method on one span; returns (kept local indices, fused states)."""
+        config = self._config
+        pos = span.positions
+        if config.method == NO_PRUNING:
+            return torch.arange(span.num_tokens, device=pos.device), None
+        spec = get_method(config.method)
+        params = config.method_params()
+        r = config.num_retain_for(span.num_tokens)
+        name = config.method
+        if name == "vlm_pruner":
+            sel = spec.select(hidden[b, pos], pending["keys"][b, pos], span.grid, r, **params)
+        elif name == "fastv":
+            sel = spec.select(pending["attention"][b][:, pos], r)
+        elif name == "dart":
+            after = torch.arange(int(pos.max()) + 1, hidden.shape[1], device=hidden.device)
+            after = after[~visual[after] & (pending["mask"][b, after] > 0)]
+            sel = spec.select(pending["keys"][b, pos], normed[b, pos], r,
+                              text_key_states=pending["keys"][b, after],
+                              text_hidden_states=normed[b, after], **params)
+        elif name == "divprune":
+            sel = spec.select(hidden[b, pos], r)
+        elif name == "random":
+            sel = spec.select(span.num_tokens, r, device=hidden.device, **params)
+        elif name == "uniform":
+            sel = spec.select(span.grid, r, device=hidden.device)
+        else:
+            raise ValueError(f"method: no model wiring for {name!r}")
+        return sel.keep.to(pos.device), sel.hidden_states
+
+    def _causal_mask(self, hidden, mask_2d, kwargs):
+        return create_causal_mask(config=self.text.config, inputs_embeds=hidden,
+                                  attention_mask=mask_2d.to(torch.long),
+                                  past_key_values=kwargs.get("past_key_values"),
+                                  position_ids=None, layer_idx=self.layer)
+
+    # -- layers > K -----------------------------------------------------------------
+
+    def _use_swapped(self, module, args, kwargs):
+        if self._swap is None:
+            return None
+        kwargs.update(self._swap)
+        return args, kwargs
+
+
+# Signals computed from layer K-1's rotary keys/queries.
+_NEEDS_KEYS = {"key_states", "attention"}
+
+
+def apply(model: nn.Module, config: PruningConfig) -> PruningHandle:
+    """Prune ``model``'s visual tokens per ``config`` in every forward/generate from now on.
+
+    Example:
+        >>> with pruning.apply(model, PruningConfig(method="vlm_pruner", pruning_rate=0.889)) as h:
+        ...     out = model.generate(**inputs, max_new_tokens=16)
+        ...     h.stats.visual_tokens()   # ([576], [64])
+    """
+    return PruningHandle(model, config)
+
+
+def rotary_query_key(attn: nn.Module, hidden: torch.Tensor, position_embeddings):
+    """Queries (B, H, S, d) and keys (B, Hkv, S, d) of ``attn`` after its rotary embedding,
+    recomputed from the layer's normed input exactly as its forward does (including the
+    per-head q/k norms of Qwen3)."""
+    b, s, _ = hidden.shape
+    d = attn.head_dim
+    q = attn.q_proj(hidden).view(b, s, -1, d)
+    k = attn.k_proj(hidden).view(b, s, -1, d)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    cos, sin = position_embeddings
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def last_token_attention(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float):
+    """(B, H, S) attention of each sample's last real token over the sequence.
+
+    q: (B, H, S, d); k: (B, Hkv, S, d); mask: (B, S) 1 for real tokens. The last real
+    token sees every earlier real token (causal), so only padding is masked out.
+    """
+    b, h, s, _ = q.shape
+    last = (mask * torch.arange(s, device=mask.device)).argmax(dim=1)  # (B,)
+    query = q[torch.arange(b), :, last]  # (B, H, d)
+    keys = k.repeat_interleave(h // k.shape[1], dim=1)  # (B, H, S, d)
+    logits = torch.einsum("bhd,bhsd->bhs", query.float(), keys.float()) * scaling
+    valid = (mask > 0) & (torch.arange(s, device=mask.device)[None] <= last[:, None])
+    logits = logits.masked_fill(~valid[:, None, :], -math.inf)
+    return torch.softmax(logits, dim=-1)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _mask_2d(mask, input_ids) -> torch.Tensor:
+    """The (B, S) padding mask (1 = real token) of a prefill."""
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        return mask.to(torch.long)
+    if mask is not None:
+        raise ValueError("pruning needs a 2-D attention_mask (or none), got "
+                         f"{type(mask).__name__} {getattr(mask, 'shape', '')}")
+    return torch.ones_like(input_ids, dtype=torch.long)
+
+
+def _gather_seq(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B or 1, S, d) gathered along S with index (B, S')."""
+    x = x.expand(index.shape[0], -1, -1)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def _gather_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (..., B or 1, S) gathered along its last axis with index (B, S')."""
+    x = x.expand(*x.shape[:-2], index.shape[0], x.shape[-1])
+    return x.gather(-1, index.expand(*x.shape[:-2], *index.shape))
