@@ -2,27 +2,21 @@
 
     python -m pipeline.demo [--model tiny:qwen2_vl] [--pruning-rate 0.778] [--image PATH]
 
-Runs the model once on an image (a generated picture unless --image is given), takes
-the signals every method needs from that one forward pass (layer-1 outputs and
-rotary keys for VLM-Pruner and DART, the last prompt token's layer-1 attention for
-FastV, the projector's visual embeddings for DivPrune) and prints, for each method, a
-map of the LLM-side token grid with the kept tokens marked. It stands in for
-`jobs/sweep.py` until the sweep exists.
+Runs the model on an image (a generated picture unless --image is given) once per
+method under ``pruning.apply`` and prints, for each method, a map of the LLM-side
+token grid with the kept tokens marked (from the handle's per-span statistics).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import time
 
 import torch
 from PIL import Image, ImageDraw
 
+import pruning
 from pipeline.models import load_model
-from pruning.methods import dart, divprune, fastv, random, uniform, vlm_pruner
-
-LAYER = 2  # prune before decoder layer 2: signals come from layer 1
+from pruning import PruningConfig, list_methods
 
 
 def demo_image(size: int = 448) -> Image.Image:
@@ -39,68 +33,17 @@ def demo_image(size: int = 448) -> Image.Image:
     return image
 
 
-def rotary_keys_and_queries(attn, hidden, position_embeddings):
-    """Keys (B, S, kv_heads * d) and queries (B, heads, S, d) of one attention layer
-    after the rotary embedding, from its normed input ``hidden`` (B, S, D)."""
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb
-
-    b, s, _ = hidden.shape
-    d = attn.head_dim
-    q = attn.q_proj(hidden).view(b, s, -1, d).transpose(1, 2)
-    k = attn.k_proj(hidden).view(b, s, -1, d).transpose(1, 2)
-    cos, sin = position_embeddings
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    return k.transpose(1, 2).reshape(b, s, -1), q, k
-
-
 @torch.no_grad()
-def collect_signals(model, inputs):
-    """One forward pass; returns the per-span signals of the first (only) image."""
-    layers = model.model.language_model.layers
-    captured = {}
-
-    def grab(module, args, kwargs):
-        captured["attn_in"] = kwargs.get("hidden_states", args[0] if args else None)
-        captured["rope"] = kwargs["position_embeddings"]
-
-    handle = layers[LAYER - 1].self_attn.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        out = model(**inputs, output_hidden_states=True)
-    finally:
-        handle.remove()
-    ids = inputs["input_ids"][0]
-    span = (ids == model.config.image_token_id).nonzero().squeeze(1)
-    t, h, w = inputs["image_grid_thw"][0].tolist()
-    merge = model.config.vision_config.spatial_merge_size
-    grid = (t, h // merge, w // merge)
-
-    attn = layers[LAYER - 1].self_attn
-    keys, q, k = rotary_keys_and_queries(attn, captured["attn_in"], captured["rope"])
-    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    last = q[0, :, -1]  # (heads, d): the last prompt token
-    attention = torch.softmax(last[:, None, :] @ k[0].transpose(1, 2) / math.sqrt(attn.head_dim), -1)
-    hidden = out.hidden_states[LAYER][0]  # input of layer 2
-    normed = model.model.language_model.norm(hidden)
-    after = torch.arange(span[-1] + 1, ids.numel())
-    return {
-        "grid": grid,
-        "hidden": hidden[span], "keys": keys[0][span], "attention": attention[:, 0, span],
-        "normed": normed[span], "text_keys": keys[0][after], "text_normed": normed[after],
-        "embeddings": out.hidden_states[0][0][span],
-    }
-
-
-def select_all(sig, num_retain: int) -> dict[str, torch.Tensor]:
-    n = sig["hidden"].shape[0]
-    return {
-        "vlm_pruner": vlm_pruner.select(sig["hidden"], sig["keys"], sig["grid"], num_retain).keep,
-        "fastv": fastv.select(sig["attention"], num_retain).keep,
-        "dart": dart.select(sig["keys"], sig["normed"], num_retain, text_key_states=sig["text_keys"],
-                            text_hidden_states=sig["text_normed"]).keep,
-        "divprune": divprune.select(sig["embeddings"], num_retain).keep,
-        "random": random.select(n, num_retain).keep,
-        "uniform": uniform.select(sig["grid"], num_retain).keep,
-    }
+def kept_tokens(model, inputs, pruning_rate: float) -> dict[str, tuple]:
+    """Per method: (kept indices into the first image's grid, the grid), from a real
+    pruned forward pass (``pruning.apply``), each method at its default layer."""
+    kept = {}
+    for method in list_methods():
+        with pruning.apply(model, PruningConfig(method=method, pruning_rate=pruning_rate)) as handle:
+            model(**inputs)
+        span = handle.stats.samples[0][0]
+        kept[method] = (torch.tensor(span.keep), span.grid)
+    return kept
 
 
 def token_map(keep: torch.Tensor, grid: tuple[int, int, int]) -> list[str]:
@@ -113,7 +56,7 @@ def token_map(keep: torch.Tensor, grid: tuple[int, int, int]) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny:qwen2_vl", help="a Qwen2-VL-family spec (default: tiny:qwen2_vl)")
+    parser.add_argument("--model", default="tiny:qwen2_vl", help="any supported model spec (default: tiny:qwen2_vl)")
     parser.add_argument("--pruning-rate", type=float, default=0.778, help="share of visual tokens removed")
     parser.add_argument("--image", help="an image file (default: a generated picture)")
     args = parser.parse_args(argv)
@@ -126,22 +69,17 @@ def main(argv=None) -> None:
                                              {"type": "text", "text": "What is in the picture?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[prompt], images=[image], return_tensors="pt")
-    sig = collect_signals(model, inputs)
-    n = sig["hidden"].shape[0]
-    num_retain = round(n * (1 - args.pruning_rate))
-    print(f"model {args.model}: {n} visual tokens on a {sig['grid']} grid; pruning "
-          f"{args.pruning_rate:.1%} keeps {num_retain} (# kept, . pruned)\n")
-    start = time.perf_counter()
-    kept = select_all(sig, num_retain)
-    elapsed = time.perf_counter() - start
+    kept = kept_tokens(model, inputs, args.pruning_rate)
+    grid = next(iter(kept.values()))[1]
+    counts = {name: keep.numel() for name, (keep, _) in kept.items()}
+    print(f"model {args.model}: a {grid} grid of {grid[0] * grid[1] * grid[2]} visual tokens; "
+          f"pruning {args.pruning_rate:.1%} (# kept, . pruned)\n")
     names = list(kept)
-    maps = [token_map(kept[name], sig["grid"]) for name in names]
-    width = sig["grid"][2]
-    print("  ".join(f"{name:<{width}}" for name in names))
+    maps = [token_map(kept[name][0], grid) for name in names]
+    print("  ".join(f"{name:<{grid[2]}}" for name in names))
     for row in zip(*maps):
         print("  ".join(row))
-    print(f"\nall six selections took {elapsed * 1e3:.1f} ms; every method kept exactly "
-          f"{num_retain}: {all(k.numel() == num_retain for k in kept.values())}")
+    print(f"\nkept per method: {counts}")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,15 @@ def load_model(
     return model.to(device).eval(), processor
 
 
+def model_config(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None):
+    """The transformers config of ``spec`` without loading weights (for validation)."""
+    from transformers import AutoConfig
+
+    if isinstance(spec, str) and spec.startswith(TINY_PREFIX):
+        spec = tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
+    return AutoConfig.from_pretrained(spec)
+
+
 def tiny_checkpoint(family: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The directory of the tiny ``family`` checkpoint, building it on first use.
 

@@ -1,0 +1,80 @@
+"""Samples per second through the Ray pipeline vs a plain Python loop, same model and samples.
+
+    python benchmarks/pipeline.py [--task pope] [--samples 48] [--model tiny:qwen2_vl]
+
+Runs, in one process and on the same generated sample set: (1) a plain loop that loads
+the model, decodes each sample and answers in batches, (2) the Ray pipeline with one
+actor, (3) with two actors. Each time includes loading the model (the actors load
+theirs inside the run); Ray's own start-up is done before timing. The pipeline with
+one actor should reach >= 90% of the loop's throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipeline import evaluate, video  # noqa: E402
+from pipeline.infer import Generator, Request, decode_image  # noqa: E402
+from pipeline.samples import main as write_samples  # noqa: E402
+from pipeline.tasks import get_task  # noqa: E402
+from pruning import PruningConfig  # noqa: E402
+
+
+def plain_loop(task_name, samples, model, config, batch_size, frames):
+    task = get_task(task_name)
+    start = time.perf_counter()
+    generator = Generator(model)
+    scores = []
+    for lo in range(0, len(samples), batch_size):
+        batch = [s for s in samples[lo:lo + batch_size] if not s.error]
+        requests = [Request(s.prompt, images=[decode_image(b) for b in s.images],
+                            frames=video.read_frames(s.video, frames) if s.video else None,
+                            max_new_tokens=s.max_new_tokens) for s in batch]
+        if requests:
+            for s, a in zip(batch, generator.run(requests, config)):
+                scores.append(task.score(task.parse(a.text, s), s))
+    return len(samples) / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="pope", help="benchmark whose sample layout is generated")
+    parser.add_argument("--samples", type=int, default=48, help="samples in the set")
+    parser.add_argument("--model", default="tiny:qwen2_vl")
+    parser.add_argument("--method", default="vlm_pruner")
+    parser.add_argument("--pruning-rate", type=float, default=0.778)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=8)
+    args = parser.parse_args(argv)
+    config = PruningConfig(method=args.method, pruning_rate=args.pruning_rate)
+    cores = os.cpu_count() or 1
+
+    with tempfile.TemporaryDirectory() as root:
+        write_samples(["--out", root, "--tasks", args.task, "--per-task", str(args.samples)])
+        samples = evaluate.read_samples(args.task, str(Path(root) / args.task))
+        loop = plain_loop(args.task, samples, args.model, config, args.batch_size, args.frames)
+        evaluate.init_ray()
+        rows = [("plain loop", loop)]
+        for actors in (1, 2):
+            resources = evaluate.Resources(actors=actors, batch_size=args.batch_size, frames=args.frames,
+                                           threads=max(1, cores // actors))
+            (result,) = evaluate.evaluate_configs(args.task, samples, args.model, [config], resources)
+            rows.append((f"ray, {actors} actor{'s' if actors > 1 else ''}", len(samples) / result.seconds))
+    print(f"\n{args.task}: {len(samples)} samples, {args.model}, {args.method} {args.pruning_rate:.1%}, "
+          f"batch {args.batch_size}, {cores} CPU cores, torch {torch.__version__}")
+    print(f"{'run':<16} {'samples/s':>10} {'vs loop':>8}")
+    for name, rate in rows:
+        print(f"{name:<16} {rate:>10.2f} {rate / loop:>7.0%}")
+
+
+if __name__ == "__main__":
+    main()

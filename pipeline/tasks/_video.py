@@ -1,0 +1,97 @@
+"""What the video benchmarks share: rows with their media root, locating the video
+file, "A. .." options, accuracy by group (:class:`VideoTask`). Private to the video
+task modules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+from pipeline.tasks.base import Sample, Task
+from pipeline.tasks.common import LETTERS, load_rows, parse_letter, percent, result_score
+from pipeline.video import find_video, media_root_for
+
+DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
+MEDIA_ROOT = "_media_root"  # row key: where rows() found the benchmark's media
+_LETTERED = re.compile(r"^\s*([A-Z])[.)]\s*(.*)$", re.S)
+
+
+def split_option(option: str) -> tuple[Optional[str], str]:
+    """``"B. a cup"`` -> ``("B", "a cup")``; ``"a cup"`` -> ``(None, "a cup")``."""
+    match = _LETTERED.match(str(option))
+    return (match.group(1), match.group(2).strip()) if match else (None, str(option).strip())
+
+
+def lettered(options: list[str]) -> list[str]:
+    """Options as "A. text" lines, keeping the dataset's own letters when it has them."""
+    split = [split_option(o) for o in options]
+    if all(letter == LETTERS[i] for i, (letter, _) in enumerate(split)):
+        return [str(o).strip() for o in options]
+    return [f"{LETTERS[i]}. {str(o).strip()}" for i, o in enumerate(options)]
+
+
+def _local_config(data: Optional[str], config: Optional[str]) -> Optional[str]:
+    """The config to hand ``load_rows`` for ``data``. A local folder is read from its
+    ``<config>/`` subfolder when one exists, but in Video-MME and EgoPlan that name is
+    also the media folder (``videomme/data/*.mp4``, ``egoplan/*.mp4``); when that folder
+    holds no data files, read the folder itself (``"."``: ``<data>/.`` is ``<data>``)."""
+    if not (data and config and (Path(data) / config).is_dir()):
+        return config
+    has_rows = any(p.suffix in DATA_SUFFIXES for p in (Path(data) / config).rglob("*"))
+    return config if has_rows else "."
+
+
+def media_root_of(row: dict, media_root: Optional[str]) -> str:
+    """The folder the spec's relative media paths start from: the caller's
+    ``media_root``, else the one ``rows()`` recorded, else HF_HOME."""
+    return media_root or row.get(MEDIA_ROOT) or media_root_for(None)
+
+
+def resolve_video(row: dict, media_root: Optional[str], stem: str, extensions: tuple[str, ...]):
+    """``(path, error)``: the first existing ``<media root>/stem + ext``, or the first
+    candidate with ``"missing video: <path>"``."""
+    path, exists = find_video(media_root_of(row, media_root), stem, extensions)
+    return path, None if exists else f"missing video: {path}"
+
+
+def accuracy(results: list[dict], group_key: Optional[str] = None) -> dict[str, float]:
+    """``score`` = accuracy x 100 over all rows (an error row counts as wrong, so the
+    denominator is the benchmark's size), plus one accuracy per ``meta[group_key]``."""
+    out = {"score": percent([result_score(r) for r in results]),
+           "n": float(len(results)), "errors": float(sum(bool(r.get("error")) for r in results))}
+    if group_key:
+        groups: dict[str, list[float]] = {}
+        for r in results:
+            value = (r.get("meta") or {}).get(group_key)
+            if value not in (None, ""):
+                groups.setdefault(str(value), []).append(result_score(r))
+        out.update({name: percent(scores) for name, scores in sorted(groups.items())})
+    return out
+
+
+class VideoTask(Task):
+    """A multiple-choice video benchmark: rows carry their media root, samples keep the
+    option texts in ``meta["options"]`` for the letter parser, the metric is accuracy.
+
+    ``sample(row, *, media_root=None, num_frames=32)``: ``num_frames`` is the number
+    of frames the model will be shown (only Video-MME with subtitles uses it).
+    """
+
+    modality = "video"
+    max_new_tokens = 16
+
+    def rows(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
+             config: Optional[str] = None) -> Iterator[dict]:
+        """``load_rows`` plus the row's default media root (the local data folder, or
+        HF_HOME for a hub id) under :data:`MEDIA_ROOT`."""
+        root = media_root_for(data)
+        config = config or _local_config(data, self.hub[0][1] if self.hub else None)
+        for row in load_rows(data, self.hub, limit=limit, split=split, config=config):
+            yield {**row, MEDIA_ROOT: root}
+
+    def parse(self, output: str, sample: Sample) -> Optional[str]:
+        return parse_letter(output, sample.meta["options"])
+
+    def aggregate(self, results: list[dict]) -> dict[str, float]:
+        return accuracy(results)

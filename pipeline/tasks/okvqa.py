@@ -1,0 +1,38 @@
+"""OK-VQA (val2014): outside-knowledge short answers, VQA accuracy (lmms-eval ``ok_vqa_val2014``).
+
+Prompt: the question, "When the provided information is insufficient, respond with
+'Unanswerable'.", then the short-answer line (lmms-eval's default post-prompt).
+Metric: VQA accuracy against the human answers, ``score`` in percent.
+"""
+
+from __future__ import annotations
+
+from pipeline.tasks import register_task
+from pipeline.tasks.common import SHORT_ANSWER, DatasetTask, image_sample, percent, result_score, vqa_accuracy
+
+UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
+
+
+class OKVQA(DatasetTask):
+    name = "okvqa"
+    hub = (("lmms-lab/OK-VQA", None, "val2014"),)
+    max_new_tokens = 16
+
+    def sample(self, row, *, media_root=None):
+        answers = [a["answer"] if isinstance(a, dict) else str(a) for a in row["answers"]]
+        return image_sample(
+            self, str(row["question_id"]), f"{row['question']}\n{UNANSWERABLE}\n{SHORT_ANSWER}", [row.get("image")],
+            answer=answers, meta={"question_id": row["question_id"]}, root=media_root,
+        )
+
+    def parse(self, output, sample):
+        return (output or "").strip()
+
+    def score(self, parsed, sample):
+        return vqa_accuracy(parsed or "", sample.answer)
+
+    def aggregate(self, results):
+        return {"score": percent([result_score(r) for r in results])}
+
+
+register_task(OKVQA())

@@ -1,0 +1,35 @@
+"""TextVQA (validation): short answers about text in images, VQA accuracy (lmms-eval ``textvqa_val``).
+
+Prompt as lmms-eval builds it: the question through ``str.capitalize()`` (first letter
+upper, the rest lower), then the short-answer line; no OCR tokens. Metric: VQA accuracy
+against the 10 human answers, ``score`` in percent.
+"""
+
+from __future__ import annotations
+
+from pipeline.tasks import register_task
+from pipeline.tasks.common import SHORT_ANSWER, DatasetTask, image_sample, percent, result_score, vqa_accuracy
+
+
+class TextVQA(DatasetTask):
+    name = "textvqa"
+    hub = (("lmms-lab/textvqa", None, "validation"),)
+    max_new_tokens = 16
+
+    def sample(self, row, *, media_root=None):
+        return image_sample(
+            self, str(row["question_id"]), f"{row['question'].capitalize()}\n{SHORT_ANSWER}", [row.get("image")],
+            answer=list(row["answers"]), meta={"question_id": row["question_id"]}, root=media_root,
+        )
+
+    def parse(self, output, sample):
+        return (output or "").strip()
+
+    def score(self, parsed, sample):
+        return vqa_accuracy(parsed or "", sample.answer)
+
+    def aggregate(self, results):
+        return {"score": percent([result_score(r) for r in results])}
+
+
+register_task(TextVQA())

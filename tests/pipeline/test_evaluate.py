@@ -1,0 +1,80 @@
+"""End to end on a local Ray cluster: an image set and a video set in their real layouts,
+with a corrupt file and a missing file among them, through read -> decode -> infer ->
+score; every input comes out exactly once, in order, the bad ones with an error."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from pipeline import evaluate
+from pipeline.samples import main as write_samples
+from pruning import PruningConfig
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sample_sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("samples")
+    write_samples(["--out", str(root), "--tasks", "pope", "egoschema", "--per-task", "3", "--corrupt"])
+    return root
+
+
+@pytest.mark.parametrize("task", ["pope", "egoschema"])
+def test_every_sample_has_exactly_one_row(local_ray, sample_sets, tmp_path, task):
+    samples = evaluate.read_samples(task, str(sample_sets / task))
+    assert len(samples) == 5  # 3 good + one corrupt + one missing
+    configs = [PruningConfig.none(), PruningConfig(method="vlm_pruner", pruning_rate=0.75)]
+    resources = evaluate.Resources(batch_size=2, frames=8)
+    results = evaluate.evaluate_configs(task, samples, "tiny:qwen2_vl", configs, resources)
+    assert [r.config for r in results] == configs
+    for result in results:
+        assert [row["id"] for row in result.rows] == [str(s.id) for s in samples]
+        errors = [row for row in result.rows if row["error"]]
+        assert len(errors) == 2, [row["error"] for row in result.rows]
+        for row in result.rows:
+            if row["error"]:
+                assert row["score"] == 0.0 and row["output"] is None
+            else:
+                assert row["output"] is not None and row["visual_tokens_before"] > 0
+        assert result.metrics["samples"] == 5 and result.metrics["errors"] == 2
+        assert "score" in result.metrics
+    unpruned, pruned = results
+    assert pruned.metrics["visual_tokens_after"] < unpruned.metrics["visual_tokens_after"]
+    assert unpruned.metrics["visual_tokens_after"] == unpruned.metrics["visual_tokens_before"]
+
+    path = evaluate.write_predictions(pruned.rows, tmp_path / "predictions.parquet")
+    table = pq.read_table(path).to_pylist()
+    assert len(table) == 5 and set(evaluate.OUTPUT_COLUMNS) <= set(table[0])
+
+
+def test_command_line_writes_predictions_and_summary(local_ray, sample_sets, tmp_path, capsys):
+    out = tmp_path / "run"
+    evaluate.main(["--task", "pope", "--data", str(sample_sets / "pope"), "--model", "tiny:qwen2_vl",
+                   "--method", "divprune", "--pruning-rate", "0.5", "--out", str(out), "--batch-size", "3"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["method"] == "divprune" and summary["metrics"]["samples"] == 5
+    assert len(pq.read_table(out / "predictions.parquet")) == 5
+    assert "errors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["--method", "vlm_pruner", "--pruning-rate", "1.5"], "pruning_rate"),
+    (["--method", "vlm_pruner", "--pruning-rate", "0.5", "--layer", "9"], "layer"),
+    (["--method", "nope"], "method"),
+])
+def test_bad_config_is_refused_before_any_work(tmp_path, capsys, argv, field):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--task", "pope", "--data", str(tmp_path), "--out", str(tmp_path / "o")] + argv)
+    assert exit_info.value.code == 2
+    assert field in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
