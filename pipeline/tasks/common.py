@@ -143,6 +143,23 @@ class DatasetTask(Task):
         return load_rows(data, self.hub, limit=limit, split=split, config=config)
 
 
+class ShortAnswerTask(DatasetTask):
+    """Free-form short answers: the stripped output, scored per sample, mean in percent."""
+
+    def parse(self, output, sample):
+        return (output or "").strip()
+
+    def aggregate(self, results):
+        return {"score": percent([result_score(r) for r in results])}
+
+
+class VQATask(ShortAnswerTask):
+    """Short answers scored with VQA accuracy against the human answers."""
+
+    def score(self, parsed, sample):
+        return vqa_accuracy(parsed or "", sample.answer)
+
+
 # ---------------------------------------------------------------- images
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.tasks import register_task
-from pipeline.tasks.common import (SHORT_ANSWER, DatasetTask, exact_match, image_sample,
-                                   load_dataset_split, percent, result_score, undecoded_images)
+from pipeline.tasks.common import (SHORT_ANSWER, ShortAnswerTask, exact_match, image_sample,
+                                   load_dataset_split, undecoded_images)
 
 IMAGES = ("lmms-lab/GQA", "testdev_balanced_images", "testdev")
 
 
-class GQA(DatasetTask):
+class GQA(ShortAnswerTask):
     name = "gqa"
     hub = (("lmms-lab/GQA", "testdev_balanced_instructions", "testdev"),)
     max_new_tokens = 16
@@ -43,14 +43,8 @@ class GQA(DatasetTask):
             meta={"imageId": row["imageId"]}, root=media_root,
         )
 
-    def parse(self, output, sample):
-        return (output or "").strip()
-
     def score(self, parsed, sample):
         return exact_match(parsed or "", sample.answer)
-
-    def aggregate(self, results):
-        return {"score": percent([result_score(r) for r in results])}
 
 
 class _ImageIndex:

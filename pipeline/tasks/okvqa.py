@@ -8,12 +8,12 @@ Metric: VQA accuracy against the human answers, ``score`` in percent.
 from __future__ import annotations
 
 from pipeline.tasks import register_task
-from pipeline.tasks.common import SHORT_ANSWER, DatasetTask, image_sample, percent, result_score, vqa_accuracy
+from pipeline.tasks.common import SHORT_ANSWER, VQATask, image_sample
 
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 
 
-class OKVQA(DatasetTask):
+class OKVQA(VQATask):
     name = "okvqa"
     hub = (("lmms-lab/OK-VQA", None, "val2014"),)
     max_new_tokens = 16
@@ -25,14 +25,6 @@ class OKVQA(DatasetTask):
             answer=answers, meta={"question_id": row["question_id"]}, root=media_root,
         )
 
-    def parse(self, output, sample):
-        return (output or "").strip()
-
-    def score(self, parsed, sample):
-        return vqa_accuracy(parsed or "", sample.answer)
-
-    def aggregate(self, results):
-        return {"score": percent([result_score(r) for r in results])}
 
 
 register_task(OKVQA())

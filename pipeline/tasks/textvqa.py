@@ -8,10 +8,10 @@ against the 10 human answers, ``score`` in percent.
 from __future__ import annotations
 
 from pipeline.tasks import register_task
-from pipeline.tasks.common import SHORT_ANSWER, DatasetTask, image_sample, percent, result_score, vqa_accuracy
+from pipeline.tasks.common import SHORT_ANSWER, VQATask, image_sample
 
 
-class TextVQA(DatasetTask):
+class TextVQA(VQATask):
     name = "textvqa"
     hub = (("lmms-lab/textvqa", None, "validation"),)
     max_new_tokens = 16
@@ -22,14 +22,6 @@ class TextVQA(DatasetTask):
             answer=list(row["answers"]), meta={"question_id": row["question_id"]}, root=media_root,
         )
 
-    def parse(self, output, sample):
-        return (output or "").strip()
-
-    def score(self, parsed, sample):
-        return vqa_accuracy(parsed or "", sample.answer)
-
-    def aggregate(self, results):
-        return {"score": percent([result_score(r) for r in results])}
 
 
 register_task(TextVQA())
