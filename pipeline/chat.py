@@ -19,7 +19,8 @@ part (``{"type": "video", "video": PATH}``), sampled uniformly with
 ``pipeline.video`` (``nframes`` frames, the deployment's default when unset).
 The model sees the images, then the video, then the text of the system and user
 messages (joined by newlines), as ``Generator`` builds every prompt; assistant turns
-(multi-turn chat) are refused.
+(multi-turn chat) are refused. Answers are greedy: sampling fields (temperature,
+top_p, ...) are ignored; ``stream`` and ``n`` > 1 are refused.
 
 ``pruning`` replaces the deployment's default config for this request; without a
 ``method`` it keeps the default's method, and a field it leaves unset (rate, layer,
@@ -85,7 +86,7 @@ def parse_chat(body: Any, default: PruningConfig, limits: Limits = Limits()) -> 
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
     if body.get("stream"):
         raise BadRequest("stream=true is not supported; ask for the whole answer", param="stream")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise BadRequest(f"n must be 1 (one greedy answer per request), got {body.get('n')!r}", param="n")
     prompt, images, video = _messages(body.get("messages"), limits)
     request = Request(prompt=prompt, images=[load_image(url, limits, f"image {i + 1}") for i, url in

@@ -131,7 +131,8 @@ def evaluate_tasks(samples_by_task: Mapping[str, Sequence], model: str, configs:
                                                            "dtype": resources.dtype,
                                                            "threads": resources.threads},
                         batch_size=resources.batch_size, batch_format="pandas",
-                        concurrency=resources.actors, num_gpus=resources.num_gpus,
+                        compute=ray.data.ActorPoolStrategy(size=resources.actors),
+                        num_gpus=resources.num_gpus,
                         num_cpus=resources.cpus_per_actor)
     ds = ds.map_batches(ScoreStage(), batch_format="pandas", batch_size=64)
     rows = ds.take_all()

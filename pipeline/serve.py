@@ -105,10 +105,33 @@ class Failure:
     message: str
 
 
+def _error(status: int, message: str, param: Optional[str] = None) -> JSONResponse:
+    """An OpenAI-style error body."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
+                        status_code=status)
+
+
+async def _read_body(http: HttpRequest, limit: int) -> Optional[bytes]:
+    """The request body, or None as soon as it is known to exceed ``limit`` bytes."""
+    declared = http.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 api = FastAPI(title="Pruned VLM chat completions",
               description="OpenAI-style /v1/chat/completions with per-request visual token pruning")
 
 
+# Ray pickles the deployment class when it is decorated: what its methods use must be
+# defined above it.
 @serve.deployment
 @serve.ingress(api)
 class ChatServer:
@@ -122,6 +145,8 @@ class ChatServer:
         self.generator = Generator(config.model, device=device, dtype=config.dtype)
         self.default_pruning = config.default_pruning().check_against(self.generator.model.config)
         self.limits = config.limits()
+        # Every image as base64 plus room for text: a bigger body is refused unread.
+        self.max_body_bytes = max(self.limits.max_images, 1) * self.limits.max_image_bytes * 4 // 3 + 2**20
         self._answer_batch.set_max_batch_size(config.max_batch_size)
         self._answer_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
@@ -135,8 +160,12 @@ class ChatServer:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, http: HttpRequest) -> JSONResponse:
+        data = await _read_body(http, self.max_body_bytes)
+        if data is None:
+            return _error(413, f"the request body is larger than {self.max_body_bytes} bytes (max_images x "
+                               "max_image_bytes as base64, plus 1 MiB)")
         try:
-            body = json.loads(await http.body())
+            body = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"the request body is not valid JSON: {exc}")
         try:
@@ -202,13 +231,6 @@ class ChatServer:
                         "prefill_s": answer.prefill_s, "ttft_s": answer.ttft_s, "select_s": answer.select_s,
                         "batch_size": answered.batch_size},
         }
-
-
-def _error(status: int, message: str, param: Optional[str] = None) -> JSONResponse:
-    """An OpenAI-style error body."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
-                        status_code=status)
 
 
 def build(args: Mapping[str, Any]) -> serve.Application:

@@ -84,6 +84,7 @@ class InferStage:
         if threads:  # Ray pins OMP threads to the actor's num_cpus; CPU runs may want more
             torch.set_num_threads(threads)
         self.generator = Generator(model, device=device, dtype=dtype)
+        self.generator.warm_up()  # the first batch's timings would carry one-off costs
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from pruning import PruningConfig
