@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m pipeline.demo
+	$(PY) jobs/sweep.py --config configs/demo.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
