@@ -40,6 +40,9 @@ OUTPUT_COLUMNS = ["id", "task", "prompt", "output", "parsed", "answer", "meta", 
                   "spans", "prompt_tokens", "generate_s", "batch_size"]
 
 
+DECODE_CPUS = 0.5  # per decode task: two decode while one actor holds a core
+
+
 @dataclass(frozen=True)
 class Resources:
     """How the infer stage is spread: actors (one model each), GPUs per actor, batch size."""
@@ -123,10 +126,14 @@ def evaluate_tasks(samples_by_task: Mapping[str, Sequence], model: str, configs:
     start = time.perf_counter()
     ds = ray.data.from_items(base, override_num_blocks=max(1, min(len(base), 64)))
     # Stateless stages run as tasks (an instance is a plain callable to Ray Data);
-    # the infer stage is a class, so Ray Data runs it as an actor pool.
+    # the infer stage is a class, so Ray Data runs it as an actor pool. Decoding asks for
+    # its own CPU share: with remote arguments unlike the actors', Ray Data does not fuse
+    # it into the actor, so the model never waits on a decoder.
     ds = ds.map_batches(DecodeStage(resources.frames, resources.max_pixels),
-                        batch_size=resources.decode_batch_size, batch_format="pandas")
-    ds = ds.map_batches(fan_out, batch_format="pandas", batch_size=resources.decode_batch_size)
+                        batch_size=resources.decode_batch_size, batch_format="pandas",
+                        num_cpus=DECODE_CPUS)
+    ds = ds.map_batches(fan_out, batch_format="pandas", batch_size=resources.decode_batch_size,
+                        num_cpus=DECODE_CPUS)
     ds = ds.map_batches(InferStage, fn_constructor_kwargs={"model": model, "device": device,
                                                            "dtype": resources.dtype,
                                                            "threads": resources.threads},
