@@ -351,18 +351,10 @@ def annotate(job: Job) -> dict:
 
 
 def build_job(args: argparse.Namespace) -> Job:
-    values = {"method": args.method}
-    if args.pruning_rate is not None:
-        values["pruning_rate"] = args.pruning_rate
-    if args.num_retain is not None:
-        values["num_retain"] = args.num_retain
-    if args.layer is not None:
-        values["layer"] = args.layer
-    for item in args.param or []:
-        name, _, value = item.partition("=")
-        values[name] = json.loads(value)
+    from pipeline.evaluate import build_config  # the same pruning options as the pipeline's
+
     return Job(data=args.data, prompt=args.prompt, model=args.model, out=args.out,
-               config=PruningConfig.from_dict(values), column=args.column, id_column=args.id_column,
+               config=build_config(args), column=args.column, id_column=args.id_column,
                frames=args.frames, max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens,
                batch_size=args.batch_size, actors=args.actors, num_gpus=args.num_gpus, dtype=args.dtype,
                chunk_size=args.chunk_size, retry_errors=args.retry_errors)
