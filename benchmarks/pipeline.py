@@ -54,7 +54,11 @@ def main(argv=None):
     parser.add_argument("--pruning-rate", type=float, default=0.778)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the loop and for each actor (default 1: on a busy "
+                             "2-core machine more threads spin and slow everything down)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     config = PruningConfig(method=args.method, pruning_rate=args.pruning_rate)
     cores = os.cpu_count() or 1
 
@@ -66,11 +70,12 @@ def main(argv=None):
         rows = [("plain loop", loop)]
         for actors in (1, 2):
             resources = evaluate.Resources(actors=actors, batch_size=args.batch_size, frames=args.frames,
-                                           threads=max(1, cores // actors))
+                                           threads=args.threads)
             (result,) = evaluate.evaluate_configs(args.task, samples, args.model, [config], resources)
             rows.append((f"ray, {actors} actor{'s' if actors > 1 else ''}", len(samples) / result.seconds))
     print(f"\n{args.task}: {len(samples)} samples, {args.model}, {args.method} {args.pruning_rate:.1%}, "
-          f"batch {args.batch_size}, {cores} CPU cores, torch {torch.__version__}")
+          f"batch {args.batch_size}, {cores} CPU cores, {args.threads} torch thread(s) per model, "
+          f"torch {torch.__version__}")
     print(f"{'run':<16} {'samples/s':>10} {'vs loop':>8}")
     for name, rate in rows:
         print(f"{name:<16} {rate:>10.2f} {rate / loop:>7.0%}")

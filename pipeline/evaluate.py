@@ -140,7 +140,7 @@ def evaluate_tasks(samples_by_task: Mapping[str, Sequence], model: str, configs:
                         batch_size=resources.batch_size, batch_format="pandas",
                         compute=ray.data.ActorPoolStrategy(size=resources.actors),
                         num_gpus=resources.num_gpus,
-                        num_cpus=resources.cpus_per_actor)
+                        num_cpus=_actor_cpus(resources, ray.cluster_resources().get("CPU", 1.0)))
     ds = ds.map_batches(ScoreStage(), batch_format="pandas", batch_size=64)
     rows = ds.take_all()
     seconds = time.perf_counter() - start
@@ -156,6 +156,16 @@ def evaluate_tasks(samples_by_task: Mapping[str, Sequence], model: str, configs:
             ordered = [mine.get(i) or _lost_row(inputs[i]) for i in range(len(inputs))]
             results[task_name].append(Result(cfg, ordered, summarize(task, ordered, seconds), seconds))
     return results
+
+
+def _actor_cpus(resources: Resources, cluster_cpus: float) -> float:
+    """CPUs each actor reserves, lowered when the actors would leave none for decoding
+    (e.g. 2 actors on a 2-CPU machine): Ray's CPUs are logical, and a decode stage that can
+    never be scheduled would stall the whole pipeline."""
+    wanted = resources.cpus_per_actor
+    if resources.actors * wanted + DECODE_CPUS > cluster_cpus:
+        wanted = max(0.1, (cluster_cpus - DECODE_CPUS) / resources.actors)
+    return wanted
 
 
 def summarize(task, rows: list[dict], seconds: float) -> dict:
