@@ -205,10 +205,11 @@ class PruningHandle:
                 not _NEEDS_KEYS & set(get_method(self._config.method).signals):
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D) normed
-        q, k = rotary_query_key(module, hidden, kwargs["position_embeddings"])
+        fastv = self._config.method == "fastv"  # only FastV reads queries
+        q, k = rotary_query_key(module, hidden, kwargs["position_embeddings"], queries=fastv)
         b, _, s, d = k.shape
         pending["keys"] = k.transpose(1, 2).reshape(b, s, -1)  # (B, S, kv_heads * d)
-        if self._config.method == "fastv":
+        if fastv:
             pending["attention"] = last_token_attention(q, k, pending["mask"], module.scaling)
         return None
 
@@ -351,20 +352,26 @@ def apply(model: nn.Module, config: PruningConfig) -> PruningHandle:
     return PruningHandle(model, config)
 
 
-def rotary_query_key(attn: nn.Module, hidden: torch.Tensor, position_embeddings):
+def rotary_query_key(attn: nn.Module, hidden: torch.Tensor, position_embeddings, *,
+                     queries: bool = True):
     """Queries (B, H, S, d) and keys (B, Hkv, S, d) of ``attn`` after its rotary embedding,
     recomputed from the layer's normed input exactly as its forward does (including the
-    per-head q/k norms of Qwen3)."""
+    per-head q/k norms of Qwen3). ``queries=False`` skips the queries (returns None)."""
     b, s, _ = hidden.shape
     d = attn.head_dim
-    q = attn.q_proj(hidden).view(b, s, -1, d)
-    k = attn.k_proj(hidden).view(b, s, -1, d)
-    if hasattr(attn, "q_norm"):
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)
     cos, sin = position_embeddings
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+    def rotated(proj, norm):
+        x = proj(hidden).view(b, s, -1, d)
+        if norm is not None:
+            x = norm(x)
+        x = x.transpose(1, 2)
+        return x * cos + _rotate_half(x) * sin
+
+    k = rotated(attn.k_proj, getattr(attn, "k_norm", None))
+    q = rotated(attn.q_proj, getattr(attn, "q_norm", None)) if queries else None
+    return q, k
 
 
 def last_token_attention(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, scaling: float):
