@@ -57,5 +57,5 @@ def select(embeddings: torch.Tensor, num_retain: int) -> Selection:
         nxt = torch.argmax(min_dist)
         chosen[step] = nxt
         min_dist = torch.minimum(min_dist, 1.0 - unit @ unit[nxt])
-        min_dist[chosen[: step + 1]] = -float("inf")
+        min_dist[nxt] = -float("inf")  # chosen tokens stay at -inf through the minimum
     return Selection(torch.sort(chosen).values)
