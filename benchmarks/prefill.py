@@ -24,8 +24,8 @@ Columns:
   meas/pred  speed-up / predicted (target: >= 85% at 88.9%)
   select     the spans' select_seconds (median) / prefill time (target: < 5%). It covers
              the method's select call only, not the engine's recomputation of layer
-             K-1's rotary keys (and FastV's attention row); on CUDA the engine times it
-             without a sync, so it can be low there.
+             K-1's rotary keys (and FastV's attention row); on CUDA the engine
+             synchronises around it, so queued kernels are counted.
   cpu        CPU time of this process / (wall time x threads) over the timed prefills:
              well below the unpruned row's share means other load on the machine. There,
              use --threads 1 --clock cpu: a prefill's CPU time on one thread is its

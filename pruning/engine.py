@@ -241,8 +241,10 @@ class PruningHandle:
             for span in pending["spans"][b]:
                 visual[span.positions] = True
             for span in pending["spans"][b]:
+                _sync(hidden.device)  # so that select_seconds covers the selection's kernels alone
                 start = time.perf_counter()
                 local, states = self._select(b, span, hidden, normed, visual, pending)
+                _sync(hidden.device)
                 elapsed = time.perf_counter() - start
                 keep[span.positions] = False
                 kept_positions = span.positions[local]
@@ -415,3 +417,9 @@ def _gather_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (..., B or 1, S) gathered along its last axis with index (B, S')."""
     x = x.expand(*x.shape[:-2], index.shape[0], x.shape[-1])
     return x.gather(-1, index.expand(*x.shape[:-2], *index.shape))
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -63,6 +63,16 @@ def test_divprune_matches_brute_force_max_min():
     assert divprune.select(emb, 10).keep.tolist() == sorted(chosen)
 
 
+@pytest.mark.parametrize("n, count", [(50, 7), (300, 33), (300, 300 - 1)])
+def test_divprune_long_span_path_agrees_with_the_full_matrix(monkeypatch, n, count):
+    """Spans above _FULL_MATRIX_MAX tokens take the chunked path; both give the same tokens."""
+    emb = torch.randn(n, 32, generator=torch.Generator().manual_seed(n))
+    full = divprune.select(emb, count).keep
+    monkeypatch.setattr(divprune, "_FULL_MATRIX_MAX", 0)
+    monkeypatch.setattr(divprune, "_CHUNK", 64)
+    assert torch.equal(divprune.select(emb, count).keep, full)
+
+
 def test_divprune_duplicates_still_give_r():
     emb = torch.ones(20, 4)
     assert divprune.select(emb, 7).keep.unique().numel() == 7
