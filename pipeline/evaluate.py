@@ -37,7 +37,7 @@ log = logging.getLogger("pipeline.evaluate")
 OUTPUT_COLUMNS = ["id", "task", "prompt", "output", "parsed", "answer", "meta", "score",
                   "visual_tokens_before", "visual_tokens_after", "new_tokens", "ttft_s", "prefill_s",
                   "decode_s_per_token", "select_s", "peak_memory_mb", "kept", "error",
-                  "spans", "prompt_tokens", "generate_s", "batch_size"]
+                  "spans", "prompt_tokens", "generate_s", "batch_size", "infer_started", "infer_finished"]
 
 
 DECODE_CPUS = 0.5  # per decode task: two decode while one actor holds a core

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
 from typing import Optional
 
@@ -90,6 +91,7 @@ class InferStage:
         from pruning import PruningConfig
 
         _require(batch, READ_COLUMNS, "infer")
+        started = time.time()
         rows = batch.to_dict("records")
         for row in rows:
             row.update(output=None, visual_tokens_before=0, visual_tokens_after=0, kept=None,
@@ -100,8 +102,12 @@ class InferStage:
             group = [row for row in rows if row["config"] == config_json and not row["error"]]
             if group:
                 self._answer(group, PruningConfig.from_dict(json.loads(config_json)))
+        finished = time.time()
         for row in rows:
             row.pop("frames", None)
+            # Wall-clock span of this actor call (epoch seconds): first start to last end
+            # over all rows is the model stage's busy time, without actor start-up.
+            row.update(infer_started=started, infer_finished=finished)
         return pd.DataFrame(rows)
 
     def _answer(self, rows: list[dict], config) -> None:
