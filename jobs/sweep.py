@@ -112,6 +112,8 @@ def run(config: SweepConfig, model, *, base: Path, name: str) -> list[report.Poi
         raise
     tracker.end(parent)
     print("\n" + report.markdown(ordered, tasks))
+    for task in tasks:
+        print(report.score_grid(ordered, task))
     print(f"MLflow: experiment {config.mlflow.experiment!r}, parent run {parent}; browse with\n"
           f"  mlflow ui --backend-store-uri {tracker.uri}")
     return ordered
@@ -171,7 +173,8 @@ def _log_summary(tracker: Tracker, config: SweepConfig, parent: str, points, sam
     tasks = [t.name for t in config.tasks]
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        (out / "summary.md").write_text(report.markdown(points, tasks))
+        (out / "summary.md").write_text(report.markdown(points, tasks) + "\n" +
+                                        "\n".join(report.score_grid(points, task) for task in tasks))
         files = [report.write_csv(points, tasks, out / "summary.csv"), out / "summary.md",
                  report.plot_scores(points, tasks, out / "scores.png"),
                  report.plot_speedups(points, out / "speedup.png")]

@@ -42,14 +42,19 @@ class PointSummary:
         p = self.point
         if p.method == NO_PRUNING:
             return NO_PRUNING
-        return self.name.replace(f"{p.method}-{p.pruning_rate:g}", p.method, 1)  # see point_name
+        return self.name.replace(f"{p.method}-{_amount(p)}", p.method, 1)  # see point_name
+
+
+def _amount(point: PruningConfig) -> str:
+    """The pruning amount in a run name: the rate ("0.889"), or "R64" for a token count."""
+    return f"{point.pruning_rate:g}" if point.num_retain is None else f"R{point.num_retain}"
 
 
 def point_name(point: PruningConfig, layers_vary: bool, varying: Sequence[str] = ()) -> str:
     """A short run name, e.g. ``vlm_pruner-0.889``, ``fastv-0.5-L3-token_batch=8``, ``none``."""
     if point.method == NO_PRUNING:
         return NO_PRUNING
-    parts = [point.method, f"{point.pruning_rate:g}"] + ([f"L{point.layer}"] if layers_vary else [])
+    parts = [point.method, _amount(point)] + ([f"L{point.layer}"] if layers_vary else [])
     parts += [f"{name}={point.params[name]:g}" for name in varying if name in point.params]
     return "-".join(parts)
 
@@ -97,6 +102,31 @@ def markdown(points: Sequence[PointSummary], tasks: Sequence[str]) -> str:
             _fmt(m.get("errors"), ".0f"), "new" if s.new else "reused"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def score_grid(points: Sequence[PointSummary], task: str) -> str:
+    """``task``'s score as series (rows: the unpruned baseline, then each method or
+    variant) by pruning rate (columns; points given a token count instead get a
+    "keep N" column), as a markdown table: the pruning curves at a glance."""
+    columns = sorted({_grid_column(s.point) for s in points})
+    series: dict[str, dict[tuple, Optional[float]]] = {}
+    for s in points:
+        series.setdefault(s.series, {})[_grid_column(s.point)] = s.metrics.get(f"{task}/score")
+    head = ["method"] + [label for _, _, label in columns]
+    lines = [f"{task} score by pruning rate:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, scores in series.items():
+        cells = [name] + [_fmt(scores[c], ".1f") if c in scores else "" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _grid_column(point: PruningConfig) -> tuple:
+    """(order, value, label) of the point's column in :func:`score_grid`."""
+    if point.method == NO_PRUNING:
+        return (0, 0.0, "0%")
+    if point.pruning_rate is not None:
+        return (0, point.pruning_rate, f"{100 * point.pruning_rate:.1f}%")
+    return (1, point.num_retain or 0, f"keep {point.num_retain}")
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:

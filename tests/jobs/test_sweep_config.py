@@ -123,3 +123,20 @@ def test_throughput_counts_each_batch_once():
     rows = [pair, pair, {"error": None, "generate_s": 1.0, "batch_size": 1},
             {"error": "video: missing", "generate_s": None, "batch_size": None}]
     assert throughput(rows) == pytest.approx(3 / 3.0)  # 3 samples in 2 s + 1 s
+
+
+def test_score_grid_puts_each_method_on_a_row_and_each_rate_in_a_column():
+    from pipeline.sweep.report import PointSummary, score_grid
+    from pruning import PruningConfig
+
+    def point(config, score):
+        name = point_name(config, False)
+        return PointSummary(name, name, config, {"pope/score": score}, "run", True)
+
+    points = [point(PruningConfig.none(), 80.0),
+              point(PruningConfig(method="fastv", pruning_rate=0.5), 70.0),
+              point(PruningConfig(method="fastv", pruning_rate=0.889), 50.0),
+              point(PruningConfig(method="random", num_retain=8), 30.0)]
+    lines = score_grid(points, "pope").splitlines()
+    assert lines[2] == "| method | 0% | 50.0% | 88.9% | keep 8 |"
+    assert lines[4:] == ["| none | 80.0 |  |  |  |", "| fastv |  | 70.0 | 50.0 |  |", "| random |  |  |  | 30.0 |"]
