@@ -27,7 +27,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedM
 from pipeline import tiny
 
 TINY_PREFIX = "tiny:"
+# Random-weight builds of every family, and the trained tiny models shipped in the package.
 TINY_MODELS: tuple[str, ...] = tuple(TINY_PREFIX + name for name in tiny.family_names())
+TRAINED_TINY_MODELS: tuple[str, ...] = tuple(TINY_PREFIX + name for name in tiny.TRAINED)
 DEFAULT_TINY_CACHE = Path("~/.cache/vlm-prune-eval/tiny")
 
 # torch.manual_seed is process-global: two threads building at once would interleave
@@ -45,7 +47,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """The model (in eval mode, on ``device``) and processor named by ``spec``.
 
-    spec:       a local checkpoint directory, a hub id, or one of ``TINY_MODELS``.
+    spec:       a local checkpoint directory, a hub id, or one of ``TINY_MODELS`` and
+                ``TRAINED_TINY_MODELS``.
     dtype:      a torch dtype or its name ("bfloat16"); None keeps the checkpoint's
                 (float32 for tiny models).
     cache_dir:  where tiny checkpoints are built (default ~/.cache/vlm-prune-eval/tiny);
@@ -76,9 +79,17 @@ def tiny_checkpoint(family: str, cache_dir: str | os.PathLike | None = None) -> 
     """The directory of the tiny ``family`` checkpoint, building it on first use.
 
     Example: ``tiny_checkpoint("qwen2_vl")`` -> ``~/.cache/vlm-prune-eval/tiny/qwen2_vl-v1``.
+    A trained tiny model (``tiny.TRAINED``, e.g. "qwen2_vl_synth") is not built: its
+    folder inside the package is returned as it is.
     """
+    if family in tiny.TRAINED:
+        path = tiny.TRAINED[family]
+        if not _is_checkpoint(path):
+            raise FileNotFoundError(f"{TINY_PREFIX + family}: no checkpoint at {path}; train it with "
+                                    f"`python jobs/train_tiny.py --out {path}`")
+        return path
     if family not in tiny.family_names():
-        known = ", ".join(TINY_MODELS)
+        known = ", ".join(TINY_MODELS + TRAINED_TINY_MODELS)
         raise ValueError(f"unknown tiny model {TINY_PREFIX + family!r}; known tiny models: {known}")
     build = tiny.get_builder(family)
     root = Path(cache_dir or DEFAULT_TINY_CACHE).expanduser()

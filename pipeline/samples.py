@@ -118,8 +118,8 @@ class _SampleSet:
     """What one task's writer needs: the folder, a seeded rng, how many rows, which
     rows are broken (``kind(i)`` is "ok", "corrupt" or "missing")."""
 
-    def __init__(self, root: Path, n: int, seed: int, frames: int, corrupt: bool):
-        self.root, self.n, self.frames = root, n, frames
+    def __init__(self, root: Path, n: int, seed: int, frames: int, corrupt: bool, split: str = "test"):
+        self.root, self.n, self.frames, self.split = root, n, frames, split
         self.rng = random.Random(seed)
         self.total = n + (2 if corrupt else 0)
 
@@ -428,26 +428,52 @@ def _okvqa(s: _SampleSet) -> None:
     _write_parquet(s.root / "data.parquet", rows, image_columns=("image",))
 
 
+def _synthetic_fine(s: _SampleSet) -> None:
+    """Rows 0..n-1 of the split (the content is a function of split and index alone,
+    not of --seed: the trained tiny model's test set is the same everywhere)."""
+    from pipeline import synthetic
+
+    rows = {k: [] for k in ("id", "split", "kind", "question", "options", "answer", "image", "video")}
+    for i in range(s.total):
+        ex, uid = synthetic.example(s.split, i), f"{s.split}-{i:05d}"
+        video = None
+        if ex.frames is not None:
+            video = f"videos/{uid}.mp4"
+            path, kind = s.root / video, s.kind(i)
+            if kind != "missing":
+                write_video(path, ex.frames, fps=synthetic.VIDEO_FPS)
+            if kind == "corrupt":
+                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        image = None
+        if ex.image is not None:
+            image = {"ok": ex.image, "corrupt": {"bytes": GARBAGE, "path": None}, "missing": None}[s.kind(i)]
+        for key, value in (("id", uid), ("split", s.split), ("kind", ex.kind), ("question", ex.question),
+                           ("options", ex.options), ("answer", ex.answer), ("image", image), ("video", video)):
+            rows[key].append(value)
+    _write_parquet(s.root / f"{s.split}.parquet", rows, image_columns=("image",))
+
+
 WRITERS: dict[str, Callable[[_SampleSet], None]] = {
     "egoschema": _egoschema, "nextqa": _nextqa, "videomme": _videomme, "videomme_subtitles": _videomme,
     "egoplan": _egoplan, "mme": _mme, "pope": _pope, "gqa": _gqa, "mmbench": _mmbench,
     "scienceqa_img": _scienceqa_img, "textvqa": _textvqa, "ocrbench": _ocrbench, "seedbench": _seedbench,
-    "okvqa": _okvqa,
+    "okvqa": _okvqa, "synthetic_fine": _synthetic_fine,
 }
 VIDEO_TASKS = ("egoschema", "nextqa", "videomme", "videomme_subtitles", "egoplan")
 
 
 def write_task(task_name: str, out_dir, n: int = 4, *, frames_per_video: int = 3 * VIDEO_FPS,
-               corrupt: bool = False, seed: int = 0) -> Path:
+               corrupt: bool = False, seed: int = 0, split: str = "test") -> Path:
     """Write ``n`` rows (plus 2 broken ones with ``corrupt``) of ``task_name`` in its
-    layout under ``out_dir/task_name``; returns that folder (the task's ``data``)."""
+    layout under ``out_dir/task_name``; returns that folder (the task's ``data``).
+    ``split`` only matters for synthetic_fine (train, validation or test)."""
     if task_name not in WRITERS:
         raise ValueError(f"no sample writer for {task_name!r}; known: {', '.join(WRITERS)}")
     if n < 1 or frames_per_video < 1:
         raise ValueError("n and frames_per_video must be >= 1")
     root = Path(out_dir) / task_name
     task_seed = seed * 1_000_003 + zlib.crc32(task_name.encode())
-    WRITERS[task_name](_SampleSet(root, n, task_seed, frames_per_video, corrupt))
+    WRITERS[task_name](_SampleSet(root, n, task_seed, frames_per_video, corrupt, split))
     return root
 
 
@@ -467,16 +493,19 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="also write, per task, one row with a garbage image or a half-written video "
                              "and one whose image or video is missing")
     parser.add_argument("--seed", type=int, default=0, help="content seed (default 0)")
+    parser.add_argument("--split", choices=("train", "validation", "test"), default="test",
+                        help="split of synthetic_fine to write (default test; its content depends on "
+                             "split and row alone)")
     args = parser.parse_args(argv)
     import datasets
 
     datasets.disable_progress_bars()  # one line per task below says what was written
     for name in args.tasks:
         root = write_task(name, args.out, args.per_task, frames_per_video=args.frames_per_video,
-                          corrupt=args.corrupt, seed=args.seed)
+                          corrupt=args.corrupt, seed=args.seed, split=args.split)
         files = sorted(p for p in root.rglob("*") if p.is_file())
         videos = sum(p.suffix.lower() in (".mp4", ".mkv") for p in files)
-        extra = f", {videos} video files" if name in VIDEO_TASKS else ""
+        extra = f", {videos} video files" if videos or name in VIDEO_TASKS else ""
         broken = " (2 of them broken)" if args.corrupt else ""
         print(f"{name}: {args.per_task + 2 * args.corrupt} rows{broken} -> {root} "
               f"({', '.join(str(p.relative_to(root)) for p in files if p.suffix == '.parquet')}{extra})")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from pipeline.tasks.base import Sample, Task
-from pipeline.tasks.common import LETTERS, load_rows, parse_letter, percent, result_score
+from pipeline.tasks.common import LETTERS, accuracy, load_rows, parse_letter
 from pipeline.video import find_video, media_root_for
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
@@ -53,21 +53,6 @@ def resolve_video(row: dict, media_root: Optional[str], stem: str, extensions: t
     candidate with ``"missing video: <path>"``."""
     path, exists = find_video(media_root_of(row, media_root), stem, extensions)
     return path, None if exists else f"missing video: {path}"
-
-
-def accuracy(results: list[dict], group_key: Optional[str] = None) -> dict[str, float]:
-    """``score`` = accuracy x 100 over all rows (an error row counts as wrong, so the
-    denominator is the benchmark's size), plus one accuracy per ``meta[group_key]``."""
-    out = {"score": percent([result_score(r) for r in results]),
-           "n": float(len(results)), "errors": float(sum(bool(r.get("error")) for r in results))}
-    if group_key:
-        groups: dict[str, list[float]] = {}
-        for r in results:
-            value = (r.get("meta") or {}).get(group_key)
-            if value not in (None, ""):
-                groups.setdefault(str(value), []).append(result_score(r))
-        out.update({name: percent(scores) for name, scores in sorted(groups.items())})
-    return out
 
 
 class VideoTask(Task):

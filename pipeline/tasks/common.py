@@ -413,3 +413,18 @@ def result_score(result: Mapping) -> float:
 def percent(scores: Sequence[float]) -> float:
     """Mean x 100 (0 for no scores): the scale of every accuracy-like metric here."""
     return 100.0 * sum(scores) / len(scores) if scores else 0.0
+
+
+def accuracy(results: list[dict], group_key: Optional[str] = None) -> dict[str, float]:
+    """``score`` = accuracy x 100 over all rows (an error row counts as wrong, so the
+    denominator is the benchmark's size), plus one accuracy per ``meta[group_key]``."""
+    out = {"score": percent([result_score(r) for r in results]),
+           "n": float(len(results)), "errors": float(sum(bool(r.get("error")) for r in results))}
+    if group_key:
+        groups: dict[str, list[float]] = {}
+        for r in results:
+            value = (r.get("meta") or {}).get(group_key)
+            if value not in (None, ""):
+                groups.setdefault(str(value), []).append(result_score(r))
+        out.update({name: percent(scores) for name, scores in sorted(groups.items())})
+    return out

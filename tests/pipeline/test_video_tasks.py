@@ -15,7 +15,7 @@ from pipeline.tasks.videomme import read_srt, subtitles_at_frames
 from pipeline.video import VideoError, read_frames
 
 ALL_TASKS = ("egoschema", "nextqa", "videomme", "videomme_subtitles", "egoplan", "mme", "pope", "gqa", "mmbench",
-             "scienceqa_img", "textvqa", "ocrbench", "seedbench", "okvqa")
+             "scienceqa_img", "textvqa", "ocrbench", "seedbench", "okvqa", "synthetic_fine")
 
 
 def results_of(task, samples, outputs):

@@ -1,0 +1,282 @@
+"""``synthetic_fine``: generated pictures and clips whose answers hang on a few small details.
+
+Every example is a pure function of ``(split, index)``: the same split and index give
+the same pixels, question and answer on any machine. Splits are disjoint seed streams,
+so the train split can be drawn from as long as training wants while validation and
+test stay fixed::
+
+    >>> ex = example("test", 0)
+    >>> ex.kind, ex.question, ex.options, ex.answer        # doctest: +SKIP
+    ('colour', 'What colour is the small shape?', ['blue', 'red', 'pink', 'green'], 'B')
+
+Images are 336 x 336 pixels: 12 x 12 LLM tokens for a Qwen2-VL model (28 px per
+token after the 2 x 2 merge). Each question is about objects of 24-32 px (a digit
+about 22 px tall), so its answer lives in one to four of those 144 tokens, on a cluttered background of faint
+blobs that fill the rest. Clips are 8 frames of 224 x 224 (4 x 8 x 8 tokens).
+
+Kinds (``KINDS``, taken in turn: example ``i`` is of kind ``KINDS[i % 5]``):
+
+=========  ==================================================================  ===============
+kind       question                                                            answer
+=========  ==================================================================  ===============
+colour     the colour of the one small shape                                   a colour (of 8)
+shape      the shape of the one small object                                   A-D (fixed)
+count      how many small shapes there are (1-4, same colour and shape)        a digit
+digit      the digit written small in one corner                               a digit
+moved      which of three shapes moves between the frames of a clip (video)    a colour (of 8)
+=========  ==================================================================  ===============
+
+Chance: 12.5% for colours, 25% for shapes and counts, 10% for digits. The shape
+options are always "A. circle B. square C. triangle D. cross", so the letter stands
+for the shape (as in POPE's yes/no), not for an option list that changes per question.
+
+``scale`` (default 1) enlarges the objects and the digit: training starts with large
+ones and shrinks them to scale 1 (a curriculum; see jobs/train_tiny.py). The test and
+validation splits are always at scale 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+IMAGE_SIZE = 336
+VIDEO_SIZE = 224
+VIDEO_FRAMES = 8
+VIDEO_FPS = 4
+KINDS = ("colour", "shape", "count", "digit", "moved")
+SPLITS = {"train": 0, "validation": 1, "test": 2}
+
+# Saturated colours, well apart from each other and from the pale backgrounds.
+COLOURS = {
+    "red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 60, 220), "yellow": (240, 200, 0),
+    "purple": (140, 40, 190), "orange": (245, 120, 0), "black": (20, 20, 20), "pink": (240, 80, 170),
+}
+SHAPES = ("circle", "square", "triangle", "cross")  # also the shape question's options, A-D
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
+OBJECT_SIZE = (24, 32)  # side of a small object in pixels, inclusive range, at scale 1
+
+
+@dataclass
+class Example:
+    """One generated question.
+
+    kind:      one of ``KINDS``.
+    question:  the question text (no options, no answer-format line).
+    options:   the option texts in letter order, or [] for a short answer.
+    answer:    the gold answer: an option letter, or the short answer text.
+    details:   what was drawn where (objects as (shape, colour, x, y, side), ...).
+    image:     the picture (kinds other than "moved"), else None.
+    frames:    (8, 224, 224, 3) uint8 clip for "moved", else None.
+    """
+
+    kind: str
+    question: str
+    options: list[str]
+    answer: str
+    image: Optional[Image.Image] = None
+    frames: Optional[np.ndarray] = None
+    details: dict = field(default_factory=dict)
+
+
+def prompt(ex: Example) -> str:
+    """The user text the ``synthetic_fine`` task shows the model for ``ex``."""
+    return prompt_text(ex.question, ex.options)
+
+
+def prompt_text(question: str, options: list[str]) -> str:
+    """The question, then lettered options and the multiple-choice line, or the
+    short-answer line when there are no options."""
+    from pipeline.tasks.common import LETTERS, MC_INSTRUCTION, SHORT_ANSWER
+
+    if options:
+        return "\n".join([question, *(f"{LETTERS[i]}. {o}" for i, o in enumerate(options)), MC_INSTRUCTION])
+    return f"{question}\n{SHORT_ANSWER}"
+
+
+def example(split: str, index: int, *, scale: float = 1.0) -> Example:
+    """The ``index``-th example of ``split`` ("train", "validation" or "test");
+    ``scale`` > 1 draws the same question with larger objects (training curriculum)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    if not 1.0 <= scale <= 4.0:
+        raise ValueError(f"scale must be in [1, 4], got {scale}")
+    rng = np.random.default_rng([SPLITS[split], index, 20251202])
+    kind = KINDS[index % len(KINDS)]
+    return _MAKERS[kind](rng, scale)
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A pale, low-contrast scene: a colour gradient and faint large blobs (drawn at a
+    quarter of the size, blurred and scaled up), plus pixel noise."""
+    small = size // 4
+    base = rng.uniform(170, 235, size=3)
+    tilt = rng.uniform(-25, 25, size=(2, 3))
+    ys, xs = np.mgrid[0:small, 0:small] / small
+    pixels = base + xs[..., None] * tilt[0] + ys[..., None] * tilt[1]
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 7))):
+        r = int(rng.integers(small // 8, small // 3))
+        cx, cy = rng.integers(0, small, size=2)
+        shade = tuple(int(v) for v in np.clip(base + rng.uniform(-30, 30, size=3), 0, 255))
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=shade)
+    image = image.filter(ImageFilter.GaussianBlur(radius=1.5)).resize((size, size), Image.BILINEAR)
+    noise = rng.integers(-6, 7, size=(size, size, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(np.asarray(image, np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, side: int, colour: str) -> None:
+    """``shape`` filling the ``side``-pixel square at (x, y)."""
+    fill, x1, y1 = COLOURS[colour], x + side - 1, y + side - 1
+    if shape == "circle":
+        draw.ellipse([x, y, x1, y1], fill=fill)
+    elif shape == "square":
+        draw.rectangle([x, y, x1, y1], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x, y1), (x1, y1), ((x + x1) / 2, y)], fill=fill)
+    elif shape == "diamond":
+        cx, cy = (x + x1) / 2, (y + y1) / 2
+        draw.polygon([(cx, y), (x1, cy), (cx, y1), (x, cy)], fill=fill)
+    elif shape == "cross":
+        bar = max(side // 3, 2)
+        lo = x + (side - bar) // 2
+        draw.rectangle([lo, y, lo + bar - 1, y1], fill=fill)
+        lo = y + (side - bar) // 2
+        draw.rectangle([x, lo, x1, lo + bar - 1], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _places(rng: np.random.Generator, count: int, size: int, side_max: int,
+            regions: Optional[list[tuple[int, int, int, int]]] = None) -> list[tuple[int, int]]:
+    """``count`` top-left corners for objects at least ``side_max + 12`` px apart,
+    one per region (x0, y0, x1, y1) when regions are given, else anywhere."""
+    margin, gap = 4, side_max + 12
+    for _ in range(1000):
+        spots = []
+        for i in range(count):
+            x0, y0, x1, y1 = regions[i] if regions else (0, 0, size, size)
+            spots.append((int(rng.integers(x0 + margin, x1 - side_max - margin)),
+                          int(rng.integers(y0 + margin, y1 - side_max - margin))))
+        if all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= gap for i, a in enumerate(spots) for b in spots[:i]):
+            return spots
+    raise RuntimeError("could not place the objects apart")  # not reached for the sizes used here
+
+
+def _sides(scale: float) -> tuple[int, int]:
+    """(smallest, largest) object side at ``scale``."""
+    return round(OBJECT_SIZE[0] * scale), round(OBJECT_SIZE[1] * scale)
+
+
+def _side(rng: np.random.Generator, scale: float) -> int:
+    lo, hi = _sides(scale)
+    return int(rng.integers(lo, hi + 1))
+
+
+def _pick(rng: np.random.Generator, values, k: int = 1) -> list:
+    return [values[i] for i in rng.choice(len(values), size=k, replace=False)]
+
+
+# ---------------------------------------------------------------- kinds
+
+
+def _one_object(rng: np.random.Generator, scale: float) -> tuple[Image.Image, tuple]:
+    image = _background(rng, IMAGE_SIZE)
+    colour, shape, side = _pick(rng, list(COLOURS))[0], _pick(rng, SHAPES)[0], _side(rng, scale)
+    (x, y), = _places(rng, 1, IMAGE_SIZE, _sides(scale)[1])
+    _draw_shape(ImageDraw.Draw(image), shape, x, y, side, colour)
+    return image, (shape, colour, x, y, side)
+
+
+def _colour(rng: np.random.Generator, scale: float) -> Example:
+    image, obj = _one_object(rng, scale)
+    return Example("colour", "What colour is the small shape?", [], obj[1], image=image,
+                   details={"objects": [obj]})
+
+
+def _shape(rng: np.random.Generator, scale: float) -> Example:
+    image, obj = _one_object(rng, scale)
+    return Example("shape", "What shape is the small object?", list(SHAPES), "ABCD"[SHAPES.index(obj[0])],
+                   image=image, details={"objects": [obj]})
+
+
+def _count(rng: np.random.Generator, scale: float) -> Example:
+    image = _background(rng, IMAGE_SIZE)
+    n = int(rng.integers(1, 5))
+    colour, shape, side = _pick(rng, list(COLOURS))[0], _pick(rng, SHAPES)[0], _side(rng, scale)
+    draw = ImageDraw.Draw(image)
+    spots = _places(rng, n, IMAGE_SIZE, _sides(scale)[1])
+    for x, y in spots:
+        _draw_shape(draw, shape, x, y, side, colour)
+    return Example("count", "How many small shapes are there in the image?", [], str(n), image=image,
+                   details={"objects": [(shape, colour, x, y, side) for x, y in spots]})
+
+
+_FONT_SIZE = 30
+
+
+def _digit(rng: np.random.Generator, scale: float) -> Example:
+    image = _background(rng, IMAGE_SIZE)
+    digit, corner = int(rng.integers(10)), int(rng.integers(len(CORNERS)))
+    font = ImageFont.load_default(size=round(_FONT_SIZE * scale))
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
+    w, h = right - left, bottom - top
+    jx, jy = (int(v) for v in rng.integers(4, 14, size=2))
+    x = jx if corner in (0, 2) else IMAGE_SIZE - w - jx
+    y = jy if corner in (0, 1) else IMAGE_SIZE - h - jy
+    draw.text((x - left, y - top), str(digit), font=font, fill=COLOURS["black"])
+    return Example("digit", "What digit is written in a corner of the image?", [], str(digit), image=image,
+                   details={"digit": digit, "corner": CORNERS[corner], "box": (x, y, w, h)})
+
+
+def _moved(rng: np.random.Generator, scale: float) -> Example:
+    """Three shapes of different colours; one steps 10-14 px per frame in one
+    direction, the others stand still. (Clips are smaller: objects grow at most 1.5x.)"""
+    size, n, scale = VIDEO_SIZE, 3, min(scale, 1.5)
+    big = _sides(scale)[1]
+    colours, shapes = _pick(rng, list(COLOURS), n), [_pick(rng, SHAPES)[0] for _ in range(n)]
+    sides = [_side(rng, scale) for _ in range(n)]
+    step = int(rng.integers(10, 15))
+    travel = step * (VIDEO_FRAMES - 1)
+    dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][int(rng.integers(4))]
+    mover = int(rng.integers(n))
+    for _ in range(1000):
+        # The mover's whole path must fit, and the others must stay clear of it.
+        spots = _places(rng, n, size, big)
+        x, y = spots[mover]
+        x0, y0 = x - (travel if dx < 0 else 0), y - (travel if dy < 0 else 0)
+        x1, y1 = x0 + travel * abs(dx) + big, y0 + travel * abs(dy) + big
+        inside = x0 >= 4 and y0 >= 4 and x1 <= size - 4 and y1 <= size - 4
+        clear = all(sx + big + 8 < x0 or sx > x1 + 8 or sy + big + 8 < y0 or sy > y1 + 8
+                    for i, (sx, sy) in enumerate(spots) if i != mover)
+        if inside and clear:
+            break
+    else:
+        raise RuntimeError("could not lay out the clip")  # not reached for the sizes used here
+    background = _background(rng, size)
+    frames = np.empty((VIDEO_FRAMES, size, size, 3), np.uint8)
+    for t in range(VIDEO_FRAMES):
+        frame = background.copy()
+        draw = ImageDraw.Draw(frame)
+        for i, (sx, sy) in enumerate(spots):
+            if i == mover:
+                sx, sy = sx + dx * step * t, sy + dy * step * t
+            _draw_shape(draw, shapes[i], sx, sy, sides[i], colours[i])
+        frames[t] = np.asarray(frame)
+    objects = [(shapes[i], colours[i], sx, sy, sides[i]) for i, (sx, sy) in enumerate(spots)]  # at frame 0
+    return Example("moved", "Which shape moves during the video? Answer with its colour.", [], colours[mover],
+                   frames=frames, details={"mover": colours[mover], "mover_index": mover, "objects": objects,
+                                           "direction": (dx, dy), "step": step})
+
+
+_MAKERS = {"colour": _colour, "shape": _shape, "count": _count, "digit": _digit, "moved": _moved}

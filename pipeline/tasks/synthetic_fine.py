@@ -1,0 +1,91 @@
+"""synthetic_fine: generated images and clips whose answers hang on small details
+(pipeline/synthetic.py), the benchmark the trained ``tiny:qwen2_vl_synth`` is scored on.
+
+Layout (written by ``python -m pipeline.samples --tasks synthetic_fine``)::
+
+    <data>/test.parquet          id, split, kind, question, options, answer, image, video
+    <data>/videos/<id>.mp4       the clips of the "moved" rows (``video`` is this relative path)
+
+``image`` is an HF Image column (null for clips); ``options`` is empty for short
+answers. Other splits sit beside it as ``train.parquet`` / ``validation.parquet``
+(``rows(data, split=...)``; default "test").
+
+Prompt: the question, then "A. red" option lines and the multiple-choice line, or the
+short-answer line (``synthetic.prompt_text``). Multiple choice is parsed like the MC
+benchmarks (``parse_letter``), short answers as the first number in the output
+(digits or a number word) for counts and digits, and as the one colour name the output
+contains for colours. Metric: accuracy x 100 (``score``), and per kind.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+from pipeline import synthetic
+from pipeline.tasks import register_task
+from pipeline.tasks.base import Sample, Task
+from pipeline.tasks.common import accuracy, image_sample, load_rows, parse_letter
+
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten".split())}
+_NUMBER = re.compile(r"\d+|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.I)
+
+
+def parse_colour(output: str) -> Optional[str]:
+    """The colour named in ``output`` ("Red.", "it is red" -> "red"); None when it names
+    none or several."""
+    words = set(re.findall(r"[a-z]+", (output or "").lower()))
+    named = [c for c in synthetic.COLOURS if c in words]
+    return named[0] if len(named) == 1 else None
+
+
+def parse_number(output: str) -> Optional[str]:
+    """The first number in ``output`` as digits ("3", "There are three." -> "3"), or None."""
+    match = _NUMBER.search(output or "")
+    if not match:
+        return None
+    text = match.group(0).lower()
+    return _NUMBER_WORDS.get(text, str(int(text)) if text.isdigit() else None)
+
+
+class SyntheticFine(Task):
+    name = "synthetic_fine"
+    modality = "image"  # mostly images; the "moved" rows carry a video, which the decode stage reads
+    max_new_tokens = 8
+
+    def rows(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
+             config: Optional[str] = None) -> Iterator[dict]:
+        if not data:
+            raise ValueError("synthetic_fine needs a local folder; write one with "
+                             "`python -m pipeline.samples --out DIR --tasks synthetic_fine`")
+        root = str(Path(data) if Path(data).is_dir() else Path(data).parent)
+        for row in load_rows(data, (), limit=limit, split=split or "test"):
+            yield {**row, "_root": root}
+
+    def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
+        options = list(row.get("options") or [])
+        prompt = synthetic.prompt_text(str(row["question"]), options)
+        meta = {"kind": row["kind"], "options": options}
+        root = media_root or row.get("_root") or "."
+        if row.get("video"):
+            path = Path(root) / row["video"]
+            return Sample(id=str(row["id"]), prompt=prompt, video=str(path), answer=row["answer"], meta=meta,
+                          error=None if path.is_file() else f"missing video: {path}",
+                          max_new_tokens=self.max_new_tokens)
+        return image_sample(self, str(row["id"]), prompt, [row.get("image")], answer=row["answer"], meta=meta,
+                            root=root)
+
+    def parse(self, output: str, sample: Sample) -> Optional[str]:
+        if sample.meta["options"]:
+            return parse_letter(output, sample.meta["options"])
+        if sample.meta["kind"] in ("count", "digit"):
+            return parse_number(output)
+        return parse_colour(output)
+
+    def aggregate(self, results: list[dict]) -> dict[str, float]:
+        return accuracy(results, "kind")
+
+
+register_task(SyntheticFine())
