@@ -431,7 +431,8 @@ def train(out: Path, *, steps: int, batch_size: int, lr: float, warmup: int, see
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         smooth = answer_loss.item() if smooth is None else 0.95 * smooth + 0.05 * answer_loss.item()
-        bar.set_postfix(loss=f"{smooth:.3f}", look=f"{float(look):.2f}", train_acc=f"{train_acc:.2f}",
+        look_value = look.item() if torch.is_tensor(look) else look
+        bar.set_postfix(loss=f"{smooth:.3f}", look=f"{look_value:.2f}", train_acc=f"{train_acc:.2f}",
                         scale=f"{scale:.2f}")
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             acc = answer_accuracy(model, processor, validation)
