@@ -115,16 +115,14 @@ def token_targets(ex: synthetic.Example) -> dict[str, torch.Tensor]:
     for digit, box in digits:
         for r, c in _cells(*box, grid):
             out["digit"][0, r, c] = 1 + digit
-    movers = details.get("movers", {details["mover_index"]: (details["direction"], details["step"])}
-                         if "mover_index" in details else {})
+    movers = details.get("movers", {})
     for i, (shape, colour, x, y, side) in enumerate(details.get("objects", [])):
         moving = i in movers
         for g in range(groups):
             frames = (2 * g, 2 * g + 1) if ex.frames is not None else (0,)
             for t in frames:
-                (dx, dy), step = movers[i] if moving else ((0, 0), 0)
-                shift = step * t
-                for r, c in _cells(x + dx * shift, y + dy * shift, side, side, grid):
+                ox, oy = synthetic.mover_offset(movers, i, t)
+                for r, c in _cells(x + ox, y + oy, side, side, grid):
                     out["colour"][g, r, c] = 1 + colours.index(colour)
                     out["shape"][g, r, c] = 1 + shapes.index(shape)
                     out["motion"][g, r, c] = int(moving)
@@ -174,57 +172,51 @@ def pretrain_vision(model, processor, probe: "TokenProbe", *, steps: int, batch_
 
 
 def dense_example(index: int, video: bool) -> synthetic.Example:
-    """A stage-1 picture (or clip) crowded with labelled things: one shape or digit (or
-    nothing) per cell of a coarse grid, at a random spot inside it, so every picture
-    carries a dozen labelled cells instead of one or two. Clips: a 2 x 2 grid of shapes,
-    each moving (6-12 px per frame) or still."""
+    """A stage-1 picture (or clip) crowded with labelled things on the token grid: 16
+    shapes and digits (clips: 6 shapes, half of them hopping as in "moved"), so every
+    picture carries a dozen labelled cells instead of one or two."""
     import numpy as np
     from PIL import ImageDraw, ImageFont
 
     rng = np.random.default_rng([3, index, int(video)])
     size = synthetic.VIDEO_SIZE if video else synthetic.IMAGE_SIZE
-    cells = 2 if video else 4
-    span = size // cells
-    lo, hi = synthetic.OBJECT_SIZE
+    count = 6 if video else 16
+    background = synthetic._background(rng, size)
+    font = ImageFont.load_default(size=synthetic._FONT_SIZE)
+    spots = synthetic.cell_places(rng, count, size, synthetic.OBJECT_SIZE[1]) if video else None
+    grid = size // synthetic.CELL
+    cells = None if video else [divmod(int(c), grid) for c in rng.choice(grid * grid, size=count, replace=False)]
     objects, digits, movers = [], [], {}
-    font = ImageFont.load_default(size=30)
-    for r in range(cells):
-        for c in range(cells):
-            what = rng.random()
-            if not video and what < 0.2:
-                continue
-            if not video and what < 0.5:
-                digit = int(rng.integers(10))
-                box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), str(digit), font=font)
-                w, h = box[2] - box[0], box[3] - box[1]
-                x = c * span + int(rng.integers(2, span - w - 2))
-                y = r * span + int(rng.integers(2, span - h - 2))
-                digits.append((digit, (x, y, w, h), box))
-                continue
-            side = int(rng.integers(lo, hi + 1))
-            x, y = c * span + int(rng.integers(2, span - side - 2)), r * span + int(rng.integers(2, span - side - 2))
-            shape = synthetic.SHAPES[int(rng.integers(len(synthetic.SHAPES)))]
-            colour = list(synthetic.COLOURS)[int(rng.integers(len(synthetic.COLOURS)))]
-            if video and rng.random() < 0.5:
-                step = int(rng.integers(6, 13))
-                (dx, dy) = [(1, 0), (-1, 0), (0, 1), (0, -1)][int(rng.integers(4))]
-                travel = step * (synthetic.VIDEO_FRAMES - 1)
-                # Start half a path back, clipped so that the whole path stays inside.
-                x = int(np.clip(x - dx * travel // 2, 2 + travel * max(-dx, 0), size - side - 2 - travel * max(dx, 0)))
-                y = int(np.clip(y - dy * travel // 2, 2 + travel * max(-dy, 0), size - side - 2 - travel * max(dy, 0)))
-                movers[len(objects)] = ((dx, dy), step)
-            objects.append((shape, colour, x, y, side))
-    from pipeline.synthetic import _background, _draw_shape
-
-    background = _background(rng, size)
-    n_frames = synthetic.VIDEO_FRAMES if video else 1
+    for k in range(count):
+        if not video and k % 3 == 0:
+            digit = int(rng.integers(10))
+            box = ImageDraw.Draw(background).textbbox((0, 0), str(digit), font=font)
+            w, h = box[2] - box[0], box[3] - box[1]
+            r, c = cells[k]
+            x, y = c * synthetic.CELL + (synthetic.CELL - w) // 2, r * synthetic.CELL + (synthetic.CELL - h) // 2
+            digits.append((digit, (x, y, w, h), box))
+            continue
+        side = int(rng.integers(synthetic.OBJECT_SIZE[0], synthetic.OBJECT_SIZE[1] + 1))
+        if video:
+            x, y = spots[k]
+        else:
+            r, c = cells[k]
+            j = (synthetic.CELL - side) // 2
+            x, y = c * synthetic.CELL + j, r * synthetic.CELL + j
+        shape = synthetic.SHAPES[int(rng.integers(len(synthetic.SHAPES)))]
+        colour = list(synthetic.COLOURS)[int(rng.integers(len(synthetic.COLOURS)))]
+        if video and k % 2 == 0:
+            options = [(dx, dy) for dx, dy in [(1, 0), (-1, 0), (0, 1), (0, -1)]
+                       if 0 <= x + dx * synthetic.CELL <= size - side and 0 <= y + dy * synthetic.CELL <= size - side]
+            movers[len(objects)] = (options[int(rng.integers(len(options)))], synthetic.CELL)
+        objects.append((shape, colour, x, y, side))
     frames = []
-    for t in range(n_frames):
+    for t in range(synthetic.VIDEO_FRAMES if video else 1):
         frame = background.copy()
         draw = ImageDraw.Draw(frame)
         for i, (shape, colour, x, y, side) in enumerate(objects):
-            (dx, dy), step = movers.get(i, ((0, 0), 0))
-            _draw_shape(draw, shape, x + dx * step * t, y + dy * step * t, side, colour)
+            ox, oy = synthetic.mover_offset(movers, i, t)
+            synthetic._draw_shape(draw, shape, x + ox, y + oy, side, colour)
         for digit, (x, y, _, _), box in digits:
             draw.text((x - box[0], y - box[1]), str(digit), font=font, fill=synthetic.COLOURS["black"])
         frames.append(frame)
@@ -359,12 +351,12 @@ def batch_indices(step: int, batch_size: int) -> list[int]:
 # over the first CURRICULUM share of the steps. With small objects from the start, the
 # model sits at chance for hundreds of steps (nothing tells it which of 144 tokens to
 # read); large ones teach it to read visual tokens within tens of steps.
-START_SCALE = 3.0
-CURRICULUM = 0.5
+START_SCALE = 2.0
+CURRICULUM = 0.3
 
 
 def curriculum_scale(step: int, steps: int) -> float:
-    """Object scale of step ``step`` (3 -> 1 over the first half of the steps, then 1)."""
+    """Object scale of step ``step`` (2 -> 1 over the first 30% of the steps, then 1)."""
     return 1.0 + (START_SCALE - 1.0) * max(0.0, 1.0 - step / (CURRICULUM * steps))
 
 

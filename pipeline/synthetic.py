@@ -10,8 +10,9 @@ test stay fixed::
     ('colour', 'What colour is the small shape?', ['blue', 'red', 'pink', 'green'], 'B')
 
 Images are 336 x 336 pixels: 12 x 12 LLM tokens for a Qwen2-VL model (28 px per
-token after the 2 x 2 merge). Each question is about objects of 24-32 px (a digit
-about 22 px tall), so its answer lives in one to four of those 144 tokens, on a cluttered background of faint
+token after the 2 x 2 merge). Each question is about objects of 18-22 px (a digit
+about 19 px tall) centred on cells of that token grid, so its answer lives in one of
+those 144 tokens (one per object), on a cluttered background of faint
 blobs that fill the rest. Clips are 8 frames of 224 x 224 (4 x 8 x 8 tokens).
 
 Kinds (``KINDS``, taken in turn: example ``i`` is of kind ``KINDS[i % 5]``):
@@ -57,7 +58,7 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")  # also the shape question's options, A-D
 CORNERS = ("top left", "top right", "bottom left", "bottom right")
-OBJECT_SIZE = (24, 32)  # side of a small object in pixels, inclusive range, at scale 1
+OBJECT_SIZE = (18, 22)  # side of a small object in pixels, inclusive range, at scale 1
 
 
 @dataclass
@@ -156,20 +157,28 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, side: int
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def _places(rng: np.random.Generator, count: int, size: int, side_max: int,
-            regions: Optional[list[tuple[int, int, int, int]]] = None) -> list[tuple[int, int]]:
-    """``count`` top-left corners for objects at least ``side_max + 12`` px apart,
-    one per region (x0, y0, x1, y1) when regions are given, else anywhere."""
-    margin, gap = 4, side_max + 12
+CELL = 28  # pixels per LLM token side for Qwen2-VL (patch 14 x merge 2)
+
+
+def cell_places(rng: np.random.Generator, count: int, size: int, side: int) -> list[tuple[int, int]]:
+    """``count`` top-left corners for ``side``-px objects, each centred (+-2 px) on its own
+    cell of the 28 px token grid, cells at least one cell apart. At scale 1 an object
+    lies inside one token's cell, so what a question asks about lives in that token."""
+    grid = size // CELL
+    gap = -(-side // CELL) + 1  # cells from centre to centre: the object's span plus one
     for _ in range(1000):
-        spots = []
-        for i in range(count):
-            x0, y0, x1, y1 = regions[i] if regions else (0, 0, size, size)
-            spots.append((int(rng.integers(x0 + margin, x1 - side_max - margin)),
-                          int(rng.integers(y0 + margin, y1 - side_max - margin))))
-        if all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= gap for i, a in enumerate(spots) for b in spots[:i]):
-            return spots
-    raise RuntimeError("could not place the objects apart")  # not reached for the sizes used here
+        cells = [divmod(int(c), grid) for c in rng.choice(grid * grid, size=count, replace=False)]
+        if all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) >= gap for i, a in enumerate(cells) for b in cells[:i]):
+            break
+    else:
+        raise RuntimeError("could not place the objects apart")  # not reached for the sizes used here
+    spots = []
+    for r, c in cells:
+        jx, jy = (int(v) for v in rng.integers(-2, 3, size=2))
+        x = min(max(c * CELL + (CELL - side) // 2 + jx, 0), size - side)
+        y = min(max(r * CELL + (CELL - side) // 2 + jy, 0), size - side)
+        spots.append((x, y))
+    return spots
 
 
 def _sides(scale: float) -> tuple[int, int]:
@@ -192,7 +201,7 @@ def _pick(rng: np.random.Generator, values, k: int = 1) -> list:
 def _one_object(rng: np.random.Generator, scale: float) -> tuple[Image.Image, tuple]:
     image = _background(rng, IMAGE_SIZE)
     colour, shape, side = _pick(rng, list(COLOURS))[0], _pick(rng, SHAPES)[0], _side(rng, scale)
-    (x, y), = _places(rng, 1, IMAGE_SIZE, _sides(scale)[1])
+    (x, y), = cell_places(rng, 1, IMAGE_SIZE, side)
     _draw_shape(ImageDraw.Draw(image), shape, x, y, side, colour)
     return image, (shape, colour, x, y, side)
 
@@ -214,14 +223,14 @@ def _count(rng: np.random.Generator, scale: float) -> Example:
     n = int(rng.integers(1, 5))
     colour, shape, side = _pick(rng, list(COLOURS))[0], _pick(rng, SHAPES)[0], _side(rng, scale)
     draw = ImageDraw.Draw(image)
-    spots = _places(rng, n, IMAGE_SIZE, _sides(scale)[1])
+    spots = cell_places(rng, n, IMAGE_SIZE, side)
     for x, y in spots:
         _draw_shape(draw, shape, x, y, side, colour)
     return Example("count", "How many small shapes are there in the image?", [], str(n), image=image,
                    details={"objects": [(shape, colour, x, y, side) for x, y in spots]})
 
 
-_FONT_SIZE = 30
+_FONT_SIZE = 26
 
 
 def _digit(rng: np.random.Generator, scale: float) -> Example:
@@ -231,52 +240,57 @@ def _digit(rng: np.random.Generator, scale: float) -> Example:
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
     w, h = right - left, bottom - top
-    jx, jy = (int(v) for v in rng.integers(4, 14, size=2))
-    x = jx if corner in (0, 2) else IMAGE_SIZE - w - jx
-    y = jy if corner in (0, 1) else IMAGE_SIZE - h - jy
+    span = max(CELL, max(w, h) + 4)  # the corner cell (a larger square while scale > 1)
+    jx, jy = (int(v) for v in rng.integers(-2, 3, size=2))
+    x = (span - w) // 2 + jx if corner in (0, 2) else IMAGE_SIZE - span + (span - w) // 2 + jx
+    y = (span - h) // 2 + jy if corner in (0, 1) else IMAGE_SIZE - span + (span - h) // 2 + jy
+    x, y = min(max(x, 0), IMAGE_SIZE - w), min(max(y, 0), IMAGE_SIZE - h)
     draw.text((x - left, y - top), str(digit), font=font, fill=COLOURS["black"])
     return Example("digit", "What digit is written in a corner of the image?", [], str(digit), image=image,
                    details={"digit": digit, "corner": CORNERS[corner], "box": (x, y, w, h)})
 
 
+def mover_offset(movers: dict, index: int, t: int) -> tuple[int, int]:
+    """Pixel offset of object ``index`` in frame ``t``: a mover ``(dx, dy), step`` is
+    ``step`` px along its direction in odd frames and back home in even ones."""
+    if index not in movers:
+        return 0, 0
+    (dx, dy), step = movers[index]
+    return dx * step * (t % 2), dy * step * (t % 2)
+
+
 def _moved(rng: np.random.Generator, scale: float) -> Example:
-    """Three shapes of different colours; one steps 10-14 px per frame in one
-    direction, the others stand still. (Clips are smaller: objects grow at most 1.5x.)"""
-    size, n, scale = VIDEO_SIZE, 3, min(scale, 1.5)
-    big = _sides(scale)[1]
+    """Three shapes of different colours on the 8 x 8 token grid of a clip; one hops to
+    the next cell and back every frame (so every pair of frames, one temporal patch,
+    sees it move), the others stand still."""
+    size, n, grid = VIDEO_SIZE, 3, VIDEO_SIZE // CELL
     colours, shapes = _pick(rng, list(COLOURS), n), [_pick(rng, SHAPES)[0] for _ in range(n)]
-    sides = [_side(rng, scale) for _ in range(n)]
-    step = int(rng.integers(10, 15))
-    travel = step * (VIDEO_FRAMES - 1)
-    dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][int(rng.integers(4))]
+    sides = [_side(rng, 1.0) for _ in range(n)]
     mover = int(rng.integers(n))
     for _ in range(1000):
-        # The mover's whole path must fit, and the others must stay clear of it.
-        spots = _places(rng, n, size, big)
+        spots = cell_places(rng, n, size, max(sides))
+        dx, dy = [(1, 0), (-1, 0), (0, 1), (0, -1)][int(rng.integers(4))]
         x, y = spots[mover]
-        x0, y0 = x - (travel if dx < 0 else 0), y - (travel if dy < 0 else 0)
-        x1, y1 = x0 + travel * abs(dx) + big, y0 + travel * abs(dy) + big
-        inside = x0 >= 4 and y0 >= 4 and x1 <= size - 4 and y1 <= size - 4
-        clear = all(sx + big + 8 < x0 or sx > x1 + 8 or sy + big + 8 < y0 or sy > y1 + 8
-                    for i, (sx, sy) in enumerate(spots) if i != mover)
+        tx, ty = x + dx * CELL, y + dy * CELL  # where it hops to
+        inside = 0 <= tx <= size - sides[mover] and 0 <= ty <= size - sides[mover]
+        clear = all(max(abs(tx - sx), abs(ty - sy)) >= 2 * CELL for i, (sx, sy) in enumerate(spots) if i != mover)
         if inside and clear:
             break
     else:
         raise RuntimeError("could not lay out the clip")  # not reached for the sizes used here
+    movers = {mover: ((dx, dy), CELL)}
     background = _background(rng, size)
     frames = np.empty((VIDEO_FRAMES, size, size, 3), np.uint8)
     for t in range(VIDEO_FRAMES):
         frame = background.copy()
         draw = ImageDraw.Draw(frame)
         for i, (sx, sy) in enumerate(spots):
-            if i == mover:
-                sx, sy = sx + dx * step * t, sy + dy * step * t
-            _draw_shape(draw, shapes[i], sx, sy, sides[i], colours[i])
+            ox, oy = mover_offset(movers, i, t)
+            _draw_shape(draw, shapes[i], sx + ox, sy + oy, sides[i], colours[i])
         frames[t] = np.asarray(frame)
     objects = [(shapes[i], colours[i], sx, sy, sides[i]) for i, (sx, sy) in enumerate(spots)]  # at frame 0
     return Example("moved", "Which shape moves during the video? Answer with its colour.", [], colours[mover],
-                   frames=frames, details={"mover": colours[mover], "mover_index": mover, "objects": objects,
-                                           "direction": (dx, dy), "step": step})
+                   frames=frames, details={"mover": colours[mover], "objects": objects, "movers": movers})
 
 
 _MAKERS = {"colour": _colour, "shape": _shape, "count": _count, "digit": _digit, "moved": _moved}
