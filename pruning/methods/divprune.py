@@ -63,16 +63,7 @@ def _greedy_full(unit: torch.Tensor, count: int) -> torch.Tensor:
     then reads one row (O(N)) instead of multiplying all N embeddings (O(N D))."""
     dist = _distance_matrix(unit)  # (N, N)
     dist.fill_diagonal_(float("inf"))  # a token is not its own neighbour
-    chosen = torch.empty(count, dtype=torch.long, device=unit.device)
-    chosen[0] = torch.argmax(dist.min(dim=1).values)
-    min_dist = dist[chosen[0]].clone()
-    min_dist[chosen[0]] = -float("inf")
-    for step in range(1, count):
-        nxt = torch.argmax(min_dist)
-        chosen[step] = nxt
-        torch.minimum(min_dist, dist[nxt], out=min_dist)
-        min_dist[nxt] = -float("inf")  # chosen tokens stay at -inf through the minimum
-    return chosen
+    return _max_min(dist.min(dim=1).values, lambda i: dist[i], count)
 
 
 def _distance_matrix(unit: torch.Tensor) -> torch.Tensor:
@@ -96,15 +87,22 @@ def _greedy_chunked(unit: torch.Tensor, count: int) -> torch.Tensor:
     for lo in range(0, n, _CHUNK):
         dist = 1.0 - unit[lo:lo + _CHUNK] @ unit.T  # (chunk, N)
         rows = torch.arange(lo, min(lo + _CHUNK, n), device=unit.device)
-        dist[rows - lo, rows] = float("inf")
+        dist[rows - lo, rows] = float("inf")  # a token is not its own neighbour
         nearest[lo:lo + _CHUNK] = dist.min(dim=1).values
-    chosen = torch.empty(count, dtype=torch.long, device=unit.device)
+    return _max_min(nearest, lambda i: 1.0 - unit @ unit[i], count)
+
+
+def _max_min(nearest: torch.Tensor, distances, count: int) -> torch.Tensor:
+    """The greedy itself: start at the token whose nearest neighbour is farthest
+    (``nearest``: (N,)), then repeatedly take the token farthest from the chosen set.
+    ``distances(i)`` is token i's (N,) distance row. Returns (count,) in choice order."""
+    chosen = torch.empty(count, dtype=torch.long, device=nearest.device)
     chosen[0] = torch.argmax(nearest)
-    min_dist = 1.0 - unit @ unit[chosen[0]]  # (N,)
+    min_dist = distances(chosen[0]).clone()
     min_dist[chosen[0]] = -float("inf")
     for step in range(1, count):
         nxt = torch.argmax(min_dist)
         chosen[step] = nxt
-        min_dist = torch.minimum(min_dist, 1.0 - unit @ unit[nxt])
-        min_dist[nxt] = -float("inf")
+        torch.minimum(min_dist, distances(nxt), out=min_dist)
+        min_dist[nxt] = -float("inf")  # chosen tokens stay at -inf through the minimum
     return chosen
