@@ -61,9 +61,7 @@ SEED = 0
 # clip (the cap spreads the clip budget over its frames, as qwen-vl-utils does).
 # Real budgets allow thousands of tokens.
 QWEN_IMAGE_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 448 * 448}
-QWEN_VIDEO = dict(
-    size={"shortest_edge": 56 * 56, "longest_edge": 4 * 224 * 224}, cap_pixels_per_frame=True
-)
+QWEN_VIDEO_SIZE = {"shortest_edge": 56 * 56, "longest_edge": 4 * 224 * 224}
 CLIP_MEAN_STD = dict(image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
 HALF_MEAN_STD = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
@@ -132,12 +130,14 @@ def _qwen_text(tok, rope: dict, **extra) -> dict:
     )
 
 
-def _qwen_image_video(patch_size: int, video_class=Qwen2VLVideoProcessor, **extra) -> dict:
-    """Image and video processors with the Qwen geometry: patch, 2x2 merge, 2 frames per patch."""
+def _qwen_image_video(patch_size: int, video_class=Qwen2VLVideoProcessor, *, image_size: dict = QWEN_IMAGE_SIZE,
+                      video_size: dict = QWEN_VIDEO_SIZE, **extra) -> dict:
+    """Image and video processors with the Qwen geometry: patch, 2x2 merge, 2 frames per
+    patch; pixel budgets ``image_size`` and ``video_size`` (whole clip, capped per frame)."""
     geometry = dict(patch_size=patch_size, merge_size=2, temporal_patch_size=2)
     return dict(
-        image_processor=Qwen2VLImageProcessor(**geometry, size=QWEN_IMAGE_SIZE, **extra),
-        video_processor=video_class(**geometry, **QWEN_VIDEO, **extra),
+        image_processor=Qwen2VLImageProcessor(**geometry, size=image_size, **extra),
+        video_processor=video_class(**geometry, size=video_size, cap_pixels_per_frame=True, **extra),
     )
 
 

@@ -16,14 +16,13 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
     Qwen2VLConfig,
-    Qwen2VLImageProcessor,
     Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
 )
 
 from pipeline import synthetic
 from pipeline.tiny import templates
-from pipeline.tiny.families import LLM, QWEN2_ROPE, QWEN_VISION_GEOMETRY, _qwen_generation, _qwen_ids, _qwen_text
+from pipeline.tiny.families import (LLM, QWEN2_ROPE, QWEN_VISION_GEOMETRY, _qwen_generation, _qwen_ids,
+                                    _qwen_image_video, _qwen_text)
 from pipeline.tiny.tokenizer import QWEN2_SPECIAL, qwen_tokenizer
 
 NAME = "qwen2_vl_synth"
@@ -40,14 +39,11 @@ def build(seed: int = 0) -> tuple[PreTrainedModel, ProcessorMixin]:
     vision = dict(VISION, hidden_size=LLM["hidden_size"], patch_size=14, **QWEN_VISION_GEOMETRY)
     text = _qwen_text(tok, QWEN2_ROPE, tie_word_embeddings=True)
     config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **_qwen_ids(tok))
-    geometry = dict(patch_size=14, merge_size=2, temporal_patch_size=2)
     processor = Qwen2VLProcessor(
         tokenizer=tok,
         chat_template=templates.QWEN2_VL,
-        image_processor=Qwen2VLImageProcessor(**geometry, size={"shortest_edge": 56 * 56, "longest_edge": IMAGE_PIXELS}),
-        video_processor=Qwen2VLVideoProcessor(
-            **geometry, size={"shortest_edge": 56 * 56, "longest_edge": VIDEO_PIXELS}, cap_pixels_per_frame=True
-        ),
+        **_qwen_image_video(14, image_size={"shortest_edge": 56 * 56, "longest_edge": IMAGE_PIXELS},
+                            video_size={"shortest_edge": 56 * 56, "longest_edge": VIDEO_PIXELS}),
     )
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
