@@ -3,20 +3,27 @@
     python jobs/train_tiny.py [--out pipeline/tiny/weights/qwen2_vl_synth] [--steps N] ...
 
 Builds the architecture of ``pipeline/tiny/synth.py`` with random weights from
-``--seed``, trains it on the ``synthetic_fine`` train split (pipeline/synthetic.py: examples
-drawn in order, see ``batch_indices``) with
-AdamW and a warm-up + cosine learning rate, and saves model and processor with
-``save_pretrained``. The loss is on the answer tokens (the option letter or the short
-answer, then <|im_end|>), with the prompt exactly as the task builds it, plus a
-per-visual-token probe loss that teaches the vision tower what is in each cell (see
-``TokenProbe``; the probe is not part of the saved model).
+``--seed`` and trains it in two stages, then saves model and processor with
+``save_pretrained``:
+
+1. ``--vision-steps``: the vision tower alone, with a linear probe on its output (the
+   LLM's visual tokens) that names what is in each token's cell (``TokenProbe``), on
+   crowded pictures (``dense_example``).
+2. ``--steps``: the whole model on the ``synthetic_fine`` train split (examples drawn in
+   order, see ``batch_indices``), with AdamW and a warm-up + cosine learning rate. The
+   loss is on the answer tokens (the option letter or the short answer, then
+   <|im_end|>, after the prompt exactly as the task builds it), plus the probe loss,
+   plus attention supervision (``attention_loss``), with objects shrinking to their
+   test size over the first steps (``curriculum_scale``).
+
+The probe and the supervision are training aids, not part of the saved model.
 
 Reproducible: the data are a function of the step, the weights of --seed, and torch runs
 with --threads threads and deterministic algorithms; the same command gives the same
-weights on the same software stack. On the 2-core development machine the default
-run takes about 25 minutes. Every --eval-every steps the answer accuracy on the
-validation split (greedy first token, per kind) is logged; the test split is left for
-the demo sweep (``make demo``).
+weights on the same software stack. On the 2-core development machine the default run
+takes about 27 minutes (stage 1 ~1 s/step, stage 2 ~1.9 s/step). Every --eval-every
+steps the greedy answer accuracy on the validation split (per kind) is logged; the test
+split is left for the demo sweep.
 """
 
 from __future__ import annotations
@@ -31,13 +38,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from pipeline import synthetic  # noqa: E402
+from pipeline.infer import chat_text  # noqa: E402
 from pipeline.tiny import synth  # noqa: E402
 
 log = logging.getLogger("train_tiny")
@@ -50,10 +57,8 @@ def encode(processor, examples: Sequence[synthetic.Example], *, with_answers: bo
     tok = processor.tokenizer
     texts, images, videos = [], [], []
     for ex in examples:
-        media = {"type": "video"} if ex.frames is not None else {"type": "image"}
-        text = processor.apply_chat_template(
-            [{"role": "user", "content": [media, {"type": "text", "text": synthetic.prompt(ex)}]}],
-            add_generation_prompt=True, tokenize=False)
+        video = ex.frames is not None
+        text = chat_text(processor, synthetic.prompt(ex), images=0 if video else 1, video=video)
         if with_answers:
             text += ex.answer + "<|im_end|>"
         texts.append(text)
@@ -89,15 +94,15 @@ def encode(processor, examples: Sequence[synthetic.Example], *, with_answers: bo
 # (clips) whether it moves. The probe is thrown away; what it leaves is a vision tower
 # whose tokens describe their own cell, as the tokens of real VLMs describe their patch.
 
-TOKEN_PX = 28  # pixels per LLM token side (patch 14 x merge 2)
 HEADS = {"colour": len(synthetic.COLOURS) + 1, "shape": len(synthetic.SHAPES) + 1, "digit": 11, "motion": 2}
 OBJECT_WEIGHT = 40.0  # objects cover a few of 144 cells: weigh them about as much as the background
 
 
 def _cells(x: float, y: float, w: float, h: float, grid: int, margin: int = 3) -> list[tuple[int, int]]:
     """Token cells (row, col) that the box overlaps by more than ``margin`` px both ways."""
-    rows = range(max(0, int((y + margin) // TOKEN_PX)), min(grid, int((y + h - margin - 1) // TOKEN_PX) + 1))
-    cols = range(max(0, int((x + margin) // TOKEN_PX)), min(grid, int((x + w - margin - 1) // TOKEN_PX) + 1))
+    cell = synthetic.CELL
+    rows = range(max(0, int((y + margin) // cell)), min(grid, int((y + h - margin - 1) // cell) + 1))
+    cols = range(max(0, int((x + margin) // cell)), min(grid, int((x + w - margin - 1) // cell) + 1))
     return [(r, c) for r in rows for c in cols]
 
 
@@ -106,9 +111,9 @@ def token_targets(ex: synthetic.Example) -> dict[str, torch.Tensor]:
     (0 = nothing there): ``HEADS`` names them."""
     colours, shapes = list(synthetic.COLOURS), list(synthetic.SHAPES)
     if ex.frames is None:
-        groups, grid = 1, synthetic.IMAGE_SIZE // TOKEN_PX
+        groups, grid = 1, synthetic.IMAGE_SIZE // synthetic.CELL
     else:
-        groups, grid = synthetic.VIDEO_FRAMES // 2, synthetic.VIDEO_SIZE // TOKEN_PX
+        groups, grid = synthetic.VIDEO_FRAMES // 2, synthetic.VIDEO_SIZE // synthetic.CELL
     out = {name: torch.zeros(groups, grid, grid, dtype=torch.long) for name in HEADS}
     details = ex.details
     digits = details.get("digits", [(details["digit"], details["box"])] if "box" in details else [])
@@ -156,14 +161,15 @@ def pretrain_vision(model, processor, probe: "TokenProbe", *, steps: int, batch_
         # Crowded pictures (clips every len(KINDS)-th step, as in stage 2).
         video = step % len(synthetic.KINDS) == len(synthetic.KINDS) - 1
         batch = [dense_example(step * batch_size + i, video) for i in range(batch_size)]
+        targets = [token_targets(ex) for ex in batch]
         pixels, grid = pixel_inputs(processor, batch)
         tokens = model.model.visual(pixels, grid_thw=grid).pooler_output
-        loss = probe.loss(tokens, batch)
+        loss = probe.loss(tokens, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        for name, acc in probe.accuracy(tokens.detach(), batch).items():
+        for name, acc in probe.accuracy(tokens.detach(), targets).items():
             recent.setdefault(name, []).append(acc)
             del recent[name][:-20]
         bar.set_postfix(loss=f"{loss.item():.3f}",
@@ -227,13 +233,10 @@ def dense_example(index: int, video: bool) -> synthetic.Example:
     return synthetic.Example("dense", "", [], "", image=frames[0], details=details)
 
 
-VISION_OFFSET = 50_000_000  # multiple of len(KINDS): kinds keep their turns
-
-
-def answer_cells(ex: synthetic.Example) -> torch.Tensor:
+def answer_cells(ex: synthetic.Example, targets: dict[str, torch.Tensor]) -> torch.Tensor:
     """(visual tokens,) bool, in the model's token order: the cells that answer the
-    question (the object, every counted object, the digit, the moving shape)."""
-    targets = token_targets(ex)
+    question (the object, every counted object, the digit, the moving shape), from
+    ``ex``'s ``token_targets``."""
     if ex.kind == "digit":
         mask = targets["digit"] > 0
     elif ex.kind == "moved":
@@ -252,15 +255,17 @@ ATTENTION_HEAD = 0
 
 
 def attention_loss(weights: dict[int, torch.Tensor], inputs: dict, examples: Sequence[synthetic.Example],
-                   visual_ids: tuple[int, ...]) -> torch.Tensor:
+                   targets: Sequence[dict], visual_ids: tuple[int, ...]) -> torch.Tensor:
     """Mean over examples and supervised layers of -log(attention mass on the answer cells).
 
-    weights: layer -> (B, heads, L, L) eager attention probabilities of that layer."""
+    weights: layer -> (B, heads, L, L) eager attention probabilities of that layer;
+    targets: the examples' ``token_targets``."""
     ids, labels = inputs["input_ids"], inputs["labels"]
+    visual_ids = torch.tensor(visual_ids)
     total, count = ids.new_zeros((), dtype=torch.float32), 0
-    for b, ex in enumerate(examples):
-        visual = torch.isin(ids[b], torch.tensor(visual_ids)).nonzero().squeeze(1)
-        cells = answer_cells(ex)
+    for b, (ex, ex_targets) in enumerate(zip(examples, targets)):
+        visual = torch.isin(ids[b], visual_ids).nonzero().squeeze(1)
+        cells = answer_cells(ex, ex_targets)
         if cells.numel() != visual.numel():
             raise ValueError(f"{visual.numel()} visual tokens, {cells.numel()} cells")
         target = visual[cells]
@@ -281,10 +286,10 @@ class TokenProbe(torch.nn.Module):
         super().__init__()
         self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(hidden, n) for name, n in HEADS.items()})
 
-    def loss(self, tokens: torch.Tensor, examples: Sequence[synthetic.Example]) -> torch.Tensor:
-        """Weighted cross-entropy of every head over every visual token of ``examples``
-        (``tokens``: the merger's output, (sum of tokens, hidden), in example order)."""
-        targets = [token_targets(ex) for ex in examples]
+    def loss(self, tokens: torch.Tensor, targets: Sequence[dict]) -> torch.Tensor:
+        """Weighted cross-entropy of every head over every visual token (``tokens``: the
+        merger's output, (sum of tokens, hidden), in example order; ``targets``: the
+        examples' ``token_targets``)."""
         labels = {name: torch.cat([t[name].flatten() for t in targets]) for name in HEADS}
         if labels["colour"].numel() != tokens.shape[0]:
             raise ValueError(f"{tokens.shape[0]} visual tokens, {labels['colour'].numel()} targets")
@@ -297,9 +302,8 @@ class TokenProbe(torch.nn.Module):
         return total
 
     @torch.no_grad()
-    def accuracy(self, tokens: torch.Tensor, examples: Sequence[synthetic.Example]) -> dict[str, float]:
+    def accuracy(self, tokens: torch.Tensor, targets: Sequence[dict]) -> dict[str, float]:
         """Per head: share of the cells holding something (label > 0) predicted right."""
-        targets = [token_targets(ex) for ex in examples]
         out = {}
         for name, head in self.heads.items():
             labels = torch.cat([t[name].flatten() for t in targets])
@@ -408,16 +412,17 @@ def train(out: Path, *, steps: int, batch_size: int, lr: float, warmup: int, see
             group["lr"] = learning_rate(step, steps, lr, warmup)
         scale = curriculum_scale(step, steps)
         batch = [synthetic.example("train", i, scale=scale) for i in batch_indices(step, batch_size)]
+        targets = [token_targets(ex) for ex in batch]
         captured.clear()
         inputs = encode(processor, batch, with_answers=True)
         output = model(**inputs)
         answer_loss = output.loss
-        look = attention_loss(attention, inputs, batch, visual_ids) if attention_weight > 0 else 0.0
+        look = attention_loss(attention, inputs, batch, targets, visual_ids) if attention_weight > 0 else 0.0
         with torch.no_grad():  # share of this batch answered right, teacher-forced
             labels, scored = inputs["labels"][:, 1:], inputs["labels"][:, 1:] != -100
             right = ((output.logits[:, :-1].argmax(-1) == labels) | ~scored).all(dim=1).float().mean().item()
         train_acc = right if train_acc is None else 0.95 * train_acc + 0.05 * right
-        loss = answer_loss + aux_weight * probe.loss(captured[0], batch) + attention_weight * look
+        loss = answer_loss + aux_weight * probe.loss(captured[0], targets) + attention_weight * look
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

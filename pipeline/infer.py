@@ -161,12 +161,7 @@ class Generator:
     def _inputs(self, requests: Sequence[Request]):
         texts, images, videos, metadata = [], [], [], []
         for r in requests:
-            content = [{"type": "image"} for _ in r.images]
-            if r.frames is not None:
-                content.append({"type": "video"})
-            content.append({"type": "text", "text": r.prompt})
-            texts.append(self.processor.apply_chat_template(
-                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False))
+            texts.append(chat_text(self.processor, r.prompt, images=len(r.images), video=r.frames is not None))
             images += r.images
             if r.frames is not None:
                 videos.append(r.frames)
@@ -187,6 +182,16 @@ class Generator:
         if self.processor.tokenizer.pad_token_id is not None:
             ids.add(self.processor.tokenizer.pad_token_id)
         return ids
+
+
+def chat_text(processor, prompt: str, *, images: int = 0, video: bool = False) -> str:
+    """One user turn through the model's chat template, ready for the answer: ``images``
+    image placeholders, then a video one, then ``prompt`` (the order every family's
+    template and processor expect)."""
+    content = [{"type": "image"} for _ in range(images)] + ([{"type": "video"}] if video else [])
+    content.append({"type": "text", "text": prompt})
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
 
 
 def _until_eos(tokens: torch.Tensor, eos: set[int]) -> list[int]:
