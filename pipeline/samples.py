@@ -131,19 +131,24 @@ class _SampleSet:
 
     def image(self, i: int, colour: str, shape: str, text: Optional[str] = None):
         """The image cell of row i: a PIL image, garbage bytes, or None."""
-        kind = self.kind(i)
-        if kind == "missing":
-            return None
-        if kind == "corrupt":
-            return {"bytes": GARBAGE, "path": None}
+        if self.kind(i) != "ok":
+            return self.picture(i, None)
         return shape_image(colour, shape, text=text, rng=self.rng)
 
+    def picture(self, i: int, image):
+        """Row i's image cell for ``image``: itself, garbage bytes, or None (missing)."""
+        return {"ok": image, "corrupt": {"bytes": GARBAGE, "path": None}, "missing": None}[self.kind(i)]
+
     def video(self, i: int, relative: str, colour: str, direction: str) -> None:
-        """Row i's video at ``root/relative``: real, cut in half (as an interrupted
-        download leaves it), or not written."""
+        """Row i's video of a square moving to ``direction`` at ``root/relative``."""
+        self.clip(i, relative, video_frames(colour, direction, self.frames) if self.kind(i) != "missing" else None)
+
+    def clip(self, i: int, relative: str, frames: Optional[np.ndarray], fps: int = VIDEO_FPS) -> None:
+        """Row i's video of ``frames`` at ``root/relative``: real, cut in half (as an
+        interrupted download leaves it), or not written."""
         path, kind = self.root / relative, self.kind(i)
         if kind != "missing":
-            write_video(path, video_frames(colour, direction, self.frames))
+            write_video(path, frames, fps)
         if kind == "corrupt":
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -436,17 +441,10 @@ def _synthetic_fine(s: _SampleSet) -> None:
     rows = {k: [] for k in ("id", "split", "kind", "question", "options", "answer", "image", "video")}
     for i in range(s.total):
         ex, uid = synthetic.example(s.split, i), f"{s.split}-{i:05d}"
-        video = None
-        if ex.frames is not None:
-            video = f"videos/{uid}.mp4"
-            path, kind = s.root / video, s.kind(i)
-            if kind != "missing":
-                write_video(path, ex.frames, fps=synthetic.VIDEO_FPS)
-            if kind == "corrupt":
-                path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-        image = None
-        if ex.image is not None:
-            image = {"ok": ex.image, "corrupt": {"bytes": GARBAGE, "path": None}, "missing": None}[s.kind(i)]
+        video = f"videos/{uid}.mp4" if ex.frames is not None else None
+        if video:
+            s.clip(i, video, ex.frames, fps=synthetic.VIDEO_FPS)
+        image = s.picture(i, ex.image) if ex.image is not None else None
         for key, value in (("id", uid), ("split", s.split), ("kind", ex.kind), ("question", ex.question),
                            ("options", ex.options), ("answer", ex.answer), ("image", image), ("video", video)):
             rows[key].append(value)
