@@ -19,14 +19,16 @@ contains for colours. Metric: accuracy x 100 (``score``), and per kind.
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
 from typing import Iterator, Optional
 
 from pipeline import synthetic
 from pipeline.tasks import register_task
+from pipeline.tasks._video import MEDIA_ROOT, media_root_of, resolve_video
 from pipeline.tasks.base import Sample, Task
 from pipeline.tasks.common import accuracy, image_sample, load_rows, parse_letter
+from pipeline.video import media_root_for
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
     "zero one two three four five six seven eight nine ten".split())}
@@ -60,22 +62,21 @@ class SyntheticFine(Task):
         if not data:
             raise ValueError("synthetic_fine needs a local folder; write one with "
                              "`python -m pipeline.samples --out DIR --tasks synthetic_fine`")
-        root = str(Path(data) if Path(data).is_dir() else Path(data).parent)
+        root = media_root_for(data)
         for row in load_rows(data, (), limit=limit, split=split or "test"):
-            yield {**row, "_root": root}
+            yield {**row, MEDIA_ROOT: root}
 
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
         options = list(row.get("options") or [])
         prompt = synthetic.prompt_text(str(row["question"]), options)
         meta = {"kind": row["kind"], "options": options}
-        root = media_root or row.get("_root") or "."
         if row.get("video"):
-            path = Path(root) / row["video"]
-            return Sample(id=str(row["id"]), prompt=prompt, video=str(path), answer=row["answer"], meta=meta,
-                          error=None if path.is_file() else f"missing video: {path}",
-                          max_new_tokens=self.max_new_tokens)
+            stem, ext = os.path.splitext(row["video"])
+            path, error = resolve_video(row, media_root, stem, (ext,))
+            return Sample(id=str(row["id"]), prompt=prompt, video=path, answer=row["answer"], meta=meta,
+                          error=error, max_new_tokens=self.max_new_tokens)
         return image_sample(self, str(row["id"]), prompt, [row.get("image")], answer=row["answer"], meta=meta,
-                            root=root)
+                            root=media_root_of(row, media_root))
 
     def parse(self, output: str, sample: Sample) -> Optional[str]:
         if sample.meta["options"]:
