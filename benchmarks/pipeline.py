@@ -71,20 +71,26 @@ def main(argv=None):
         samples = evaluate.read_samples(args.task, str(Path(root) / args.task))
         loop = plain_loop(args.task, samples, args.model, config, args.batch_size, args.frames)
         evaluate.init_ray()
-        rows = [("plain loop", loop, None)]
+        rows, breakdown = [("plain loop", loop, None)], []
         for actors in (1, 2):
             resources = evaluate.Resources(actors=actors, batch_size=args.batch_size, frames=args.frames,
                                            threads=args.threads)
             (result,) = evaluate.evaluate_configs(args.task, samples, args.model, [config], resources)
-            busy = max(r["infer_finished"] for r in result.rows) - min(r["infer_started"] for r in result.rows)
-            rows.append((f"ray, {actors} actor{'s' if actors > 1 else ''}", len(samples) / busy,
-                         len(samples) / result.seconds))
+            calls = sorted({(r["infer_started"], r["infer_finished"]) for r in result.rows})
+            busy = max(end for _, end in calls) - min(begin for begin, _ in calls)
+            name = f"ray, {actors} actor{'s' if actors > 1 else ''}"
+            rows.append((name, len(samples) / busy, len(samples) / result.seconds))
+            inside = sum(end - begin for begin, end in calls)
+            generate = sum(r["generate_s"] / r["batch_size"] for r in result.rows if r.get("generate_s"))
+            breakdown.append(f"{name}: {len(calls)} model calls; busy window {busy:.2f} s (summed over actors: "
+                             f"{busy * actors:.2f} s), inside the calls {inside:.2f} s, in generate {generate:.2f} s")
     print(f"\n{args.task}: {len(samples)} samples, {args.model}, {args.method} {args.pruning_rate:.1%}, "
           f"batch {args.batch_size}, {cores} CPU cores, {args.threads} torch thread(s) per model, "
           f"torch {torch.__version__}")
     print(f"{'run':<16} {'samples/s':>10} {'vs loop':>8} {'whole job, samples/s':>21}")
     for name, rate, whole in rows:
         print(f"{name:<16} {rate:>10.2f} {rate / loop:>7.0%} {'' if whole is None else f'{whole:.2f}':>21}")
+    print("\n".join(breakdown))
 
 
 if __name__ == "__main__":
