@@ -12,8 +12,8 @@ is the path relative to the folder. In a parquet file, the column (``--column``)
 image bytes, Hugging Face image dicts ({"bytes", "path"}) or file paths (relative to
 the parquet's folder; videos by extension); the id is the row index, or ``--id-column``.
 
-Flow: read (image files, Ray tasks) -> decode (video frames, ``pipeline.stages.DecodeStage``)
--> infer (actor pool, one model each, ``pipeline.stages.InferStage``). Every input gives
+Flow: read (image files, Ray tasks) -> decode (video frames, then the model's processor:
+``pipeline.stages.DecodeStage``) -> infer (actor pool, one model each, ``pipeline.stages.InferStage``). Every input gives
 exactly one row: id, kind, source, output, visual tokens before/after, new tokens,
 timings, error (a corrupt or unreadable file is a row with its error, not a crash).
 
@@ -183,7 +183,7 @@ def to_row(index: int, item: Item, job: Job) -> dict:
     sample = Sample(id=item.id, prompt=job.prompt, images=[item.data] if item.data is not None else [],
                     video=item.path if item.kind == "video" else None, error=item.error,
                     max_new_tokens=job.max_new_tokens)
-    row = sample_to_row(index, "annotate", sample, job.config.to_dict())
+    row = sample_to_row(index, "annotate", sample, [job.config.to_dict()])
     row.update(kind=item.kind, source=item.source,
                image_path=item.path if item.kind == "image" and item.data is None else None)
     return row
@@ -288,7 +288,7 @@ def check_settings(out: Path, job: Job) -> None:
 
 
 def dataset(rows: list[dict], job: Job):
-    """read images -> decode videos -> infer (actor pool), over ``rows`` (a local Ray
+    """read images -> decode videos and prepare model inputs -> infer (actor pool), over ``rows`` (a local Ray
     cluster unless RAY_ADDRESS names one)."""
     import ray
 
@@ -298,7 +298,7 @@ def dataset(rows: list[dict], job: Job):
     ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the job's own
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // job.batch_size, 64)))
     ds = ds.map_batches(ReadImageStage(), batch_size=job.batch_size, batch_format="pandas")
-    ds = ds.map_batches(DecodeStage(job.frames, job.max_pixels), batch_size=job.batch_size, batch_format="pandas")
+    ds = ds.map_batches(DecodeStage(job.model, job.frames, job.max_pixels), batch_size=job.batch_size, batch_format="pandas")
     device = "cuda" if job.num_gpus > 0 else "cpu"
     return ds.map_batches(InferStage, fn_constructor_kwargs={"model": job.model, "device": device, "dtype": job.dtype},
                           batch_size=job.batch_size, batch_format="pandas",

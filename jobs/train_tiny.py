@@ -254,9 +254,20 @@ ATTENTION_LAYERS = (1, 2, 3)
 ATTENTION_HEAD = 0
 
 
+def count_share(objects: int) -> float:
+    """Attention mass a ``count`` question's head should put on its ``objects`` objects:
+    as much on each object as on the text, n / (n + 1). A head whose weight sits on the
+    objects alone reads the same average for 1 to 4 of them; one that also weighs the
+    text reads an object share that grows with their number, and, unlike a share of the
+    whole picture, that share does not change when background tokens are pruned."""
+    return objects / (objects + 1)
+
+
 def attention_loss(weights: dict[int, torch.Tensor], inputs: dict, examples: Sequence[synthetic.Example],
                    targets: Sequence[dict], visual_ids: tuple[int, ...]) -> torch.Tensor:
-    """Mean over examples and supervised layers of -log(attention mass on the answer cells).
+    """Mean over examples and supervised layers of the attention supervision's loss:
+    -log(attention mass on the answer cells); for ``count``, the cross-entropy of the
+    (objects, text) masses against (``count_share``, rest), minus its minimum.
 
     weights: layer -> (B, heads, L, L) eager attention probabilities of that layer;
     targets: the examples' ``token_targets``."""
@@ -272,9 +283,16 @@ def attention_loss(weights: dict[int, torch.Tensor], inputs: dict, examples: Seq
         if target.numel() == 0:
             continue
         query = ids.shape[1] - int((labels[b] != -100).sum()) - 1  # the position that emits the answer
+        share = count_share(len(ex.details["objects"])) if ex.kind == "count" else 1.0
+        floor = -(share * math.log(share) + (1 - share) * math.log(1 - share)) if share < 1 else 0.0
         for layer, w in weights.items():
-            mass = w[b, ATTENTION_HEAD, query, target].sum()
-            total = total - torch.log(mass + 1e-6)
+            row = w[b, ATTENTION_HEAD, query]
+            mass = row[target].sum()
+            loss = -share * torch.log(mass + 1e-6)
+            if share < 1:  # the text: every position the query sees that is not visual
+                text = (row.sum() - row[visual].sum()).clamp_min(0.0)
+                loss = loss - (1 - share) * torch.log(text + 1e-6)
+            total = total + loss - floor
             count += 1
     return total / max(count, 1)
 

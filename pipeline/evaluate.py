@@ -110,29 +110,20 @@ def evaluate_tasks(samples_by_task: Mapping[str, Sequence], model: str, configs:
     init_ray()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
-    base = [sample_to_row(i, task_name, s, {})
-            for task_name, samples in samples_by_task.items() for i, s in enumerate(samples)]
     config_dicts = [c.to_dict() for c in configs]
-
-    def fan_out(batch):
-        import pandas as pd
-
-        rows = batch.to_dict("records")
-        out = [{**row, "config": json.dumps(cfg, sort_keys=True)} for cfg in config_dicts for row in rows]
-        return pd.DataFrame(out)
+    base = [sample_to_row(i, task_name, s, config_dicts)
+            for task_name, samples in samples_by_task.items() for i, s in enumerate(samples)]
 
     gpu = resources.num_gpus > 0
     device = resources.device or ("cuda" if gpu else "cpu")
     start = time.perf_counter()
     ds = ray.data.from_items(base, override_num_blocks=max(1, min(len(base), 64)))
     # Stateless stages run as tasks (an instance is a plain callable to Ray Data);
-    # the infer stage is a class, so Ray Data runs it as an actor pool. Decoding asks for
-    # its own CPU share: with remote arguments unlike the actors', Ray Data does not fuse
-    # it into the actor, so the model never waits on a decoder.
-    ds = ds.map_batches(DecodeStage(resources.frames, resources.max_pixels),
+    # the infer stage is a class, so Ray Data runs it as an actor pool. Decoding (media and
+    # the model's processor) asks for its own CPU share: with remote arguments unlike the
+    # actors', Ray Data does not fuse it into the actor, so the model never waits on it.
+    ds = ds.map_batches(DecodeStage(model, resources.frames, resources.max_pixels),
                         batch_size=resources.decode_batch_size, batch_format="pandas",
-                        num_cpus=DECODE_CPUS)
-    ds = ds.map_batches(fan_out, batch_format="pandas", batch_size=resources.decode_batch_size,
                         num_cpus=DECODE_CPUS)
     ds = ds.map_batches(InferStage, fn_constructor_kwargs={"model": model, "device": device,
                                                            "dtype": resources.dtype,

@@ -15,6 +15,7 @@ Timings (per batch; every sample of a batch reports its batch's values):
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from dataclasses import dataclass, field
@@ -78,11 +79,11 @@ class Generator:
     """
 
     def __init__(self, model_spec: str, *, device: str = "cpu", dtype: Optional[str] = None,
-                 attn_implementation: str = "sdpa"):
+                 attn_implementation: str = "sdpa", cache_dir: Optional[str] = None):
         self.model, self.processor = load_model(model_spec, dtype=dtype, device=device,
-                                                attn_implementation=attn_implementation)
-        self.processor.tokenizer.padding_side = "left"  # generation appends on the right
+                                                attn_implementation=attn_implementation, cache_dir=cache_dir)
         self.family = self.model.config.model_type
+        self.preparer = Preparer(self.processor, self.family)
         self.device = torch.device(device)
         self._handle: Optional[pruning.PruningHandle] = None
         self._forward_times: list[float] = []
@@ -112,16 +113,24 @@ class Generator:
 
     def check(self, request: Request) -> Optional[str]:
         """Why this model cannot take ``request``, or None."""
-        if request.frames is not None and self.family not in VIDEO_FAMILIES:
-            return f"{self.family} does not take video input"
-        return None
+        return self.preparer.check(request)
 
-    @torch.no_grad()
     def run(self, requests: Sequence[Request], config: PruningConfig) -> list[Answer]:
         """Greedy answers for ``requests`` as one left-padded batch."""
+        return self.generate(self.preparer.inputs(requests), [r.max_new_tokens for r in requests], config)
+
+    def run_prepared(self, prepared: Sequence[Prepared], config: PruningConfig) -> list[Answer]:
+        """:meth:`run` for requests already through :meth:`Preparer.prepare` (elsewhere,
+        e.g. in the pipeline's CPU stage): only collation and the model run here."""
+        return self.generate(self.preparer.collate(prepared), [p.max_new_tokens for p in prepared], config)
+
+    @torch.no_grad()
+    def generate(self, inputs, max_new_tokens: Sequence[int], config: PruningConfig) -> list[Answer]:
+        """Greedy answers for a batch of processor ``inputs`` (one per request), each cut at
+        its own ``max_new_tokens``."""
         handle = self.use(config)
-        inputs = self._inputs(requests).to(self.device)
-        max_new = max(r.max_new_tokens for r in requests)
+        inputs = inputs.to(self.device)
+        max_new = max(max_new_tokens)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -135,7 +144,7 @@ class Generator:
         first_end = times[1] if len(times) > 1 else end
         steps = max(len(times) // 2 - 1, 0)
         stats = handle.stats
-        befores, afters = stats.visual_tokens() if stats else ([0] * len(requests),) * 2
+        befores, afters = stats.visual_tokens() if stats else ([0] * len(max_new_tokens),) * 2
         common = dict(
             ttft_s=first_end - start,
             prefill_s=(times[1] - times[0]) if len(times) > 1 else 0.0,
@@ -143,13 +152,13 @@ class Generator:
             select_s=stats.select_seconds if stats else 0.0,
             peak_memory_mb=_peak_memory_mb(self.device),
             generate_s=end - start,
-            batch_size=len(requests),
+            batch_size=len(max_new_tokens),
         )
         generated = out[:, inputs["input_ids"].shape[1]:]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # padding left out
         answers = []
-        for b, request in enumerate(requests):
-            tokens = _until_eos(generated[b, :request.max_new_tokens], self._eos_ids())
+        for b, limit in enumerate(max_new_tokens):
+            tokens = _until_eos(generated[b, :limit], self._eos_ids())
             answers.append(Answer(
                 text=self.processor.decode(tokens, skip_special_tokens=True).strip(),
                 visual_tokens_before=befores[b], visual_tokens_after=afters[b],
@@ -158,7 +167,50 @@ class Generator:
                 prompt_tokens=int(prompt_tokens[b]), new_tokens=len(tokens), **common))
         return answers
 
-    def _inputs(self, requests: Sequence[Request]):
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        if self.processor.tokenizer.pad_token_id is not None:
+            ids.add(self.processor.tokenizer.pad_token_id)
+        return ids
+
+
+@dataclass
+class Prepared:
+    """One request through the processor: its model inputs with a batch of one (numpy,
+    so that it pickles compactly between pipeline stages)."""
+
+    inputs: dict[str, np.ndarray]
+    max_new_tokens: int = 16
+
+
+class Preparer:
+    """Requests -> model inputs, with the processor alone (no model: runs on any CPU).
+
+    ``inputs(requests)`` is one batched processor call; ``prepare(request)`` does one
+    request, and ``collate`` joins prepared requests into exactly what ``inputs`` gives
+    for them together (tests check this per family), so the pipeline can run the
+    processor in its CPU stage and leave the model's actor nothing but the model.
+    """
+
+    def __init__(self, processor, family: str):
+        self.processor, self.family = processor, family
+        self.processor.tokenizer.padding_side = "left"  # generation appends on the right
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "Preparer":
+        """The preparer of model ``spec`` (its processor and config, no weights), loaded once
+        per process."""
+        return _preparer(spec)
+
+    def check(self, request: Request) -> Optional[str]:
+        """Why this model cannot take ``request``, or None."""
+        if request.frames is not None and self.family not in VIDEO_FAMILIES:
+            return f"{self.family} does not take video input"
+        return None
+
+    def inputs(self, requests: Sequence[Request]):
+        """The processor's batch (left-padded) for ``requests``."""
         texts, images, videos, metadata = [], [], [], []
         for r in requests:
             texts.append(chat_text(self.processor, r.prompt, images=len(r.images), video=r.frames is not None))
@@ -176,12 +228,48 @@ class Generator:
                 kwargs["video_metadata"] = metadata
         return self.processor(**kwargs)
 
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        if self.processor.tokenizer.pad_token_id is not None:
-            ids.add(self.processor.tokenizer.pad_token_id)
-        return ids
+    def prepare(self, request: Request) -> Prepared:
+        """``request`` alone through the processor."""
+        batch = self.inputs([request])
+        return Prepared({k: v.numpy() for k, v in batch.items()}, request.max_new_tokens)
+
+    def collate(self, prepared: Sequence[Prepared]):
+        """The batch ``inputs`` would give for the prepared requests together.
+
+        Per-token arrays (the shape of ``input_ids``) are left-padded, ``input_ids`` with
+        the pad token and the others with 0; media arrays are concatenated along the
+        first axis, zero-padding axis 1 where its sizes differ (LLaVA-OneVision's
+        per-image patch counts, padded the same way by its processor)."""
+        from transformers import BatchFeature
+
+        if not prepared:
+            raise ValueError("collate needs at least one prepared request")
+        length = max(p.inputs["input_ids"].shape[1] for p in prepared)
+        out = {}
+        for key in dict.fromkeys(k for p in prepared for k in p.inputs):  # media may be in some only
+            have = [p for p in prepared if key in p.inputs]
+            arrays = [p.inputs[key] for p in have]
+            if len(have) == len(prepared) and all(p.inputs[key].shape == p.inputs["input_ids"].shape for p in have):
+                fill = self.processor.tokenizer.pad_token_id if key == "input_ids" else 0
+                out[key] = np.stack([np.pad(a[0], (length - a.shape[1], 0), constant_values=fill) for a in arrays])
+            else:
+                out[key] = _concat_padded(arrays)
+        return BatchFeature({k: torch.from_numpy(v) for k, v in out.items()})
+
+
+def _concat_padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate along axis 0, zero-padding axis 1 to its largest size when they differ."""
+    if arrays[0].ndim > 1 and len({a.shape[1] for a in arrays}) > 1:
+        width = max(a.shape[1] for a in arrays)
+        arrays = [np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
+    return np.concatenate(arrays, axis=0)
+
+
+@functools.cache
+def _preparer(spec: str) -> Preparer:
+    from pipeline.models import load_processor, model_config
+
+    return Preparer(load_processor(spec), model_config(spec).model_type)
 
 
 def chat_text(processor, prompt: str, *, images: int = 0, video: bool = False) -> str:

@@ -66,6 +66,13 @@ def load_model(
     return model.to(device).eval(), processor
 
 
+def load_processor(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> ProcessorMixin:
+    """The processor of ``spec`` alone (no weights): for stages that only prepare inputs."""
+    if isinstance(spec, str) and spec.startswith(TINY_PREFIX):
+        spec = tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
+    return AutoProcessor.from_pretrained(spec)
+
+
 def model_config(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None):
     """The transformers config of ``spec`` without loading weights (for validation)."""
     from transformers import AutoConfig

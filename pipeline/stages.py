@@ -3,24 +3,25 @@
 Rows are plain dicts (Ray Data blocks), so any stage can run anywhere in the cluster:
 
     read    (driver)      task rows -> Sample -> row: index, id, task, prompt, images
-                          (encoded bytes), video (path), answer/meta (JSON), error, config
-    decode  (CPU tasks)   video path -> frames (raw uint8 bytes + shape), fps, indices
-    infer   (actor pool)  one model per actor, loaded once; rows grouped by pruning config
+                          (encoded bytes), video (path), answer/meta (JSON), error, configs
+    decode  (CPU tasks)   images, video path -> frames -> the model's processor: model inputs
+    infer   (actor pool)  one model per actor, loaded once; each batch runs under every
+                          pruning config of its rows: one output row per (sample, config)
     score   (CPU tasks)   task.parse + task.score
 
 A row whose sample failed anywhere keeps flowing with ``error`` set, so every input
-yields exactly one output row. Every stage declares the columns it needs.
+yields exactly one output row per config. Every stage declares the columns it needs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 import traceback
-from typing import Optional
+from typing import Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
 from pipeline.tasks import Sample, get_task
@@ -29,17 +30,22 @@ log = logging.getLogger(__name__)
 
 # Columns a row carries from the read stage on.
 READ_COLUMNS = ("index", "id", "task", "prompt", "images", "video", "answer", "meta", "error",
-                "max_new_tokens", "config")
+                "max_new_tokens", "configs")
+# Columns the infer stage needs: the decode stage's model inputs (pickled
+# ``pipeline.infer.Prepared``) in place of the media.
+INFER_COLUMNS = ("index", "id", "task", "prompt", "inputs", "error", "configs")
 
 
-def sample_to_row(index: int, task: str, sample: Sample, config: dict) -> dict:
-    """The read stage's output row for one sample under one pruning config."""
+def sample_to_row(index: int, task: str, sample: Sample, configs: Sequence[dict]) -> dict:
+    """The read stage's output row for one sample, to be answered under every pruning
+    config of ``configs``: the sample is decoded and prepared once, and the infer stage
+    gives one row per config."""
     return {
         "index": index, "id": str(sample.id), "task": task, "prompt": sample.prompt,
         "images": list(sample.images), "video": sample.video,
         "answer": json.dumps(sample.answer), "meta": json.dumps(sample.meta, default=str),
         "error": sample.error, "max_new_tokens": int(sample.max_new_tokens),
-        "config": json.dumps(config, sort_keys=True),
+        "configs": json.dumps([json.dumps(c, sort_keys=True) for c in configs]),
     }
 
 
@@ -50,31 +56,58 @@ def _require(batch: pd.DataFrame, columns, stage: str) -> None:
 
 
 class DecodeStage:
-    """Video path -> uniformly sampled frames, resized to a pixel budget (CPU)."""
+    """Media -> model inputs, on the CPU: images decoded, video frames sampled uniformly
+    and resized to a pixel budget, then the model's processor (chat template,
+    tokenizer, image/video processor) on each sample. The actors get rows ready for the
+    model, so none of this ever runs on (or waits for) a model's actor."""
 
-    def __init__(self, frames: int = 32, max_pixels: Optional[int] = None):
-        self.frames, self.max_pixels = frames, max_pixels
+    def __init__(self, model: str, frames: int = 32, max_pixels: Optional[int] = None):
+        self.model, self.frames, self.max_pixels = model, frames, max_pixels
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from pipeline import video
+        from pipeline.infer import Preparer
 
-        _require(batch, ("video", "error"), "decode")
+        _require(batch, ("prompt", "images", "video", "error", "max_new_tokens"), "decode")
+        preparer = Preparer.from_spec(self.model)  # loaded once per worker process
         rows = batch.to_dict("records")
         for row in rows:
-            row.update(frames=None, frames_shape=None, fps=None, frame_indices=None)
-            if not row.get("video") or row.get("error"):
-                continue
+            row["inputs"] = None
+            if not row.get("error"):
+                row["error"] = self._prepare(preparer, row)
+            row.pop("images")  # in the inputs now; the infer stage copies rows per config
+        return pd.DataFrame(rows)
+
+    def _prepare(self, preparer, row: dict) -> Optional[str]:
+        """Sets ``row["inputs"]``; returns why it could not (a row error), or None."""
+        from pipeline import video
+        from pipeline.infer import Request, decode_image
+
+        request = Request(prompt=row["prompt"], max_new_tokens=int(row["max_new_tokens"]))
+        if row.get("video"):
             try:
                 clip = video.read_clip(row["video"], self.frames, max_pixels=self.max_pixels)
-                row.update(frames=clip.frames.tobytes(), frames_shape=list(clip.frames.shape),
-                           fps=float(clip.fps), frame_indices=[int(i) for i in clip.indices])
             except Exception as exc:  # a corrupt or missing video is a row error
-                row["error"] = f"video: {exc}"
-        return pd.DataFrame(rows)
+                return f"video: {exc}"
+            request.frames, request.fps, request.frame_indices = clip.frames, float(clip.fps), list(clip.indices)
+        try:
+            request.images = [decode_image(b) for b in (row["images"] or [])]
+            problem = preparer.check(request)
+            if not problem:
+                row["inputs"] = pickle.dumps(preparer.prepare(request), protocol=5)
+            return problem
+        except Exception as exc:
+            return f"input: {exc}"
+
+
+# The infer stage's result columns of a row it has not answered (yet, or for its error).
+NO_ANSWER = dict(output=None, visual_tokens_before=0, visual_tokens_after=0, kept=None, new_tokens=0,
+                 ttft_s=None, prefill_s=None, decode_s_per_token=None, select_s=None, peak_memory_mb=None,
+                 spans=None, prompt_tokens=None, generate_s=None, batch_size=None)
 
 
 class InferStage:
-    """One model per actor; answers each row under the pruning config it carries."""
+    """One model per actor; answers each row under every pruning config it carries,
+    batch by batch: all rows of the batch under one config, then the next config."""
 
     def __init__(self, model: str, device: str = "cpu", dtype: Optional[str] = None,
                  threads: Optional[int] = None):
@@ -88,53 +121,40 @@ class InferStage:
         self.generator.warm_up()  # the first batch's timings would carry one-off costs
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        """One output row per input row and config (``config``: that config's JSON)."""
         from pruning import PruningConfig
 
-        _require(batch, READ_COLUMNS, "infer")
+        _require(batch, INFER_COLUMNS, "infer")
         started = time.time()
-        rows = batch.to_dict("records")
-        for row in rows:
-            row.update(output=None, visual_tokens_before=0, visual_tokens_after=0, kept=None,
-                       new_tokens=0, ttft_s=None, prefill_s=None, decode_s_per_token=None,
-                       select_s=None, peak_memory_mb=None, spans=None, prompt_tokens=None,
-                       generate_s=None, batch_size=None)
+        rows = []
+        for row in batch.to_dict("records"):
+            prepared = pickle.loads(row.pop("inputs")) if row["inputs"] is not None else None
+            for config_json in json.loads(row.pop("configs")):
+                rows.append({**row, "config": config_json, "prepared": prepared, **NO_ANSWER})
         for config_json in sorted({row["config"] for row in rows}):
             group = [row for row in rows if row["config"] == config_json and not row["error"]]
             if group:
                 self._answer(group, PruningConfig.from_dict(json.loads(config_json)))
         finished = time.time()
         for row in rows:
-            row.pop("frames", None)
+            del row["prepared"]
             # Wall-clock span of this actor call (epoch seconds): first start to last end
             # over all rows is the model stage's busy time, without actor start-up.
             row.update(infer_started=started, infer_finished=finished)
         return pd.DataFrame(rows)
 
     def _answer(self, rows: list[dict], config) -> None:
-        requests = []
-        for row in rows:
-            try:
-                request = self._request(row)
-                problem = self.generator.check(request)
-            except Exception as exc:
-                request, problem = None, f"input: {exc}"
-            if problem:
-                row["error"] = problem
-            requests.append(request)
-        ready = [(row, req) for row, req in zip(rows, requests) if not row["error"]]
-        if not ready:
-            return
         try:
-            answers = self.generator.run([req for _, req in ready], config)
+            answers = self.generator.run_prepared([row["prepared"] for row in rows], config)
         except Exception:
-            if len(ready) == 1:
-                ready[0][0]["error"] = "model: " + traceback.format_exc(limit=2).strip().splitlines()[-1]
+            if len(rows) == 1:
+                rows[0]["error"] = "model: " + traceback.format_exc(limit=2).strip().splitlines()[-1]
                 return
-            log.warning("batch of %d failed; retrying its samples one by one", len(ready))
-            for row, _ in ready:
+            log.warning("batch of %d failed; retrying its samples one by one", len(rows))
+            for row in rows:
                 self._answer([row], config)
             return
-        for (row, _), answer in zip(ready, answers):
+        for row, answer in zip(rows, answers):
             row.update(output=answer.text, visual_tokens_before=answer.visual_tokens_before,
                        visual_tokens_after=answer.visual_tokens_after, kept=json.dumps(answer.kept),
                        new_tokens=answer.new_tokens, ttft_s=answer.ttft_s, prefill_s=answer.prefill_s,
@@ -142,18 +162,6 @@ class InferStage:
                        peak_memory_mb=answer.peak_memory_mb, spans=json.dumps(answer.spans),
                        prompt_tokens=answer.prompt_tokens, generate_s=answer.generate_s,
                        batch_size=answer.batch_size)
-
-    @staticmethod
-    def _request(row: dict):
-        from pipeline.infer import Request, decode_image
-
-        frames = None
-        if row.get("frames") is not None:
-            frames = np.frombuffer(row["frames"], dtype=np.uint8).reshape(row["frames_shape"])
-        return Request(prompt=row["prompt"], images=[decode_image(b) for b in (row["images"] or [])],
-                       frames=frames, fps=row.get("fps") or 1.0,
-                       frame_indices=list(row["frame_indices"]) if row.get("frame_indices") is not None else None,
-                       max_new_tokens=int(row["max_new_tokens"]))
 
 
 class ScoreStage:

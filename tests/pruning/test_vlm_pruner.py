@@ -267,3 +267,17 @@ def test_bad_arguments_name_the_argument(kwargs, name):
             "grid": (1, 6, 6), "num_retain": 4} | kwargs
     with pytest.raises(ValueError, match=name):
         vlm_pruner.select(**args)
+
+
+def test_the_rounds_hold_numpy_blas_to_one_thread_and_restore_it():
+    """numpy's BLAS pool is sized to the machine; on busy cores its threads wait on each
+    other (20x slower rounds measured), so the CPU rounds run it on one thread."""
+    import threadpoolctl
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.ThreadpoolController().select(user_api="blas").info()]
+
+    before = blas_threads()
+    with vlm_pruner._one_blas_thread():
+        assert blas_threads() and set(blas_threads()) == {1}
+    assert blas_threads() == before
