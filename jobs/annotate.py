@@ -292,10 +292,11 @@ def dataset(rows: list[dict], job: Job):
     cluster unless RAY_ADDRESS names one)."""
     import ray
 
-    from pipeline.evaluate import init_ray
+    from pipeline.evaluate import init_ray, warm_cpu_workers
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the job's own
+    warm_cpu_workers(job.model, ray.cluster_resources().get("CPU", 1.0) - job.actors)  # actors: 1 CPU each
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // job.batch_size, 64)))
     ds = ds.map_batches(ReadImageStage(), batch_size=job.batch_size, batch_format="pandas")
     ds = ds.map_batches(DecodeStage(job.model, job.frames, job.max_pixels), batch_size=job.batch_size, batch_format="pandas")
