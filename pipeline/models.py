@@ -54,9 +54,7 @@ def load_model(
     cache_dir:  where tiny checkpoints are built (default ~/.cache/vlm-prune-eval/tiny);
                 real checkpoints use the Hugging Face cache as usual.
     """
-    path = spec
-    if isinstance(spec, str) and spec.startswith(TINY_PREFIX):
-        path = tiny_checkpoint(spec[len(TINY_PREFIX) :], cache_dir)
+    path = _checkpoint(spec, cache_dir)
     # The auto class picks the family's class (Qwen2VLForConditionalGeneration, ...)
     # from the config's model_type.
     model = AutoModelForImageTextToText.from_pretrained(
@@ -68,18 +66,21 @@ def load_model(
 
 def load_processor(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> ProcessorMixin:
     """The processor of ``spec`` alone (no weights): for stages that only prepare inputs."""
-    if isinstance(spec, str) and spec.startswith(TINY_PREFIX):
-        spec = tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
-    return AutoProcessor.from_pretrained(spec)
+    return AutoProcessor.from_pretrained(_checkpoint(spec, cache_dir))
 
 
 def model_config(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None):
     """The transformers config of ``spec`` without loading weights (for validation)."""
     from transformers import AutoConfig
 
+    return AutoConfig.from_pretrained(_checkpoint(spec, cache_dir))
+
+
+def _checkpoint(spec: str | os.PathLike, cache_dir: str | os.PathLike | None) -> str | os.PathLike | Path:
+    """What ``from_pretrained`` gets for ``spec``: a tiny model's folder, else ``spec``."""
     if isinstance(spec, str) and spec.startswith(TINY_PREFIX):
-        spec = tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
-    return AutoConfig.from_pretrained(spec)
+        return tiny_checkpoint(spec[len(TINY_PREFIX):], cache_dir)
+    return spec
 
 
 def tiny_checkpoint(family: str, cache_dir: str | os.PathLike | None = None) -> Path:

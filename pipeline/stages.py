@@ -67,7 +67,7 @@ class DecodeStage:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         from pipeline.infer import Preparer
 
-        _require(batch, ("prompt", "images", "video", "error", "max_new_tokens"), "decode")
+        _require(batch, READ_COLUMNS, "decode")
         preparer = Preparer.from_spec(self.model)  # loaded once per worker process
         rows = batch.to_dict("records")
         for row in rows:
