@@ -187,8 +187,8 @@ def dense_example(index: int, video: bool) -> synthetic.Example:
     rng = np.random.default_rng([3, index, int(video)])
     size = synthetic.VIDEO_SIZE if video else synthetic.IMAGE_SIZE
     count = 6 if video else 16
-    background = synthetic._background(rng, size)
-    font = ImageFont.load_default(size=synthetic._FONT_SIZE)
+    background = synthetic.background(rng, size)
+    font = ImageFont.load_default(size=synthetic.FONT_SIZE)
     spots = synthetic.cell_places(rng, count, size, synthetic.OBJECT_SIZE[1]) if video else None
     grid = size // synthetic.CELL
     cells = None if video else [divmod(int(c), grid) for c in rng.choice(grid * grid, size=count, replace=False)]
@@ -222,7 +222,7 @@ def dense_example(index: int, video: bool) -> synthetic.Example:
         draw = ImageDraw.Draw(frame)
         for i, (shape, colour, x, y, side) in enumerate(objects):
             ox, oy = synthetic.mover_offset(movers, i, t)
-            synthetic._draw_shape(draw, shape, x + ox, y + oy, side, colour)
+            synthetic.draw_shape(draw, shape, x + ox, y + oy, side, colour)
         for digit, (x, y, _, _), box in digits:
             draw.text((x - box[0], y - box[1]), str(digit), font=font, fill=synthetic.COLOURS["black"])
         frames.append(frame)

@@ -115,7 +115,7 @@ def example(split: str, index: int, *, scale: float = 1.0) -> Example:
 # ---------------------------------------------------------------- drawing
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
+def background(rng: np.random.Generator, size: int) -> Image.Image:
     """A pale, low-contrast scene: a colour gradient and faint large blobs (drawn at a
     quarter of the size, blurred and scaled up), plus pixel noise."""
     small = size // 4
@@ -135,7 +135,7 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(image, np.int16) + noise, 0, 255).astype(np.uint8))
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, side: int, colour: str) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, x: int, y: int, side: int, colour: str) -> None:
     """``shape`` filling the ``side``-pixel square at (x, y)."""
     fill, x1, y1 = COLOURS[colour], x + side - 1, y + side - 1
     if shape == "circle":
@@ -194,10 +194,10 @@ def _pick(rng: np.random.Generator, values, k: int = 1) -> list:
 
 
 def _one_object(rng: np.random.Generator, scale: float) -> tuple[Image.Image, tuple]:
-    image = _background(rng, IMAGE_SIZE)
+    image = background(rng, IMAGE_SIZE)
     colour, shape, side = _pick(rng, list(COLOURS))[0], _pick(rng, SHAPES)[0], _side(rng, scale)
     (x, y), = cell_places(rng, 1, IMAGE_SIZE, side)
-    _draw_shape(ImageDraw.Draw(image), shape, x, y, side, colour)
+    draw_shape(ImageDraw.Draw(image), shape, x, y, side, colour)
     return image, (shape, colour, x, y, side)
 
 
@@ -214,24 +214,24 @@ def _shape(rng: np.random.Generator, scale: float) -> Example:
 
 
 def _count(rng: np.random.Generator, scale: float) -> Example:
-    image = _background(rng, IMAGE_SIZE)
+    image = background(rng, IMAGE_SIZE)
     n = int(rng.integers(1, 5))
     colour, shape, side = _pick(rng, list(COLOURS))[0], _pick(rng, SHAPES)[0], _side(rng, scale)
     draw = ImageDraw.Draw(image)
     spots = cell_places(rng, n, IMAGE_SIZE, side)
     for x, y in spots:
-        _draw_shape(draw, shape, x, y, side, colour)
+        draw_shape(draw, shape, x, y, side, colour)
     return Example("count", "How many small shapes are there in the image?", [], str(n), image=image,
                    details={"objects": [(shape, colour, x, y, side) for x, y in spots]})
 
 
-_FONT_SIZE = 26
+FONT_SIZE = 26
 
 
 def _digit(rng: np.random.Generator, scale: float) -> Example:
-    image = _background(rng, IMAGE_SIZE)
+    image = background(rng, IMAGE_SIZE)
     digit, corner = int(rng.integers(10)), int(rng.integers(len(CORNERS)))
-    font = ImageFont.load_default(size=round(_FONT_SIZE * scale))
+    font = ImageFont.load_default(size=round(FONT_SIZE * scale))
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = draw.textbbox((0, 0), str(digit), font=font)
     w, h = right - left, bottom - top
@@ -274,14 +274,14 @@ def _moved(rng: np.random.Generator, scale: float) -> Example:
     else:
         raise RuntimeError("could not lay out the clip")  # not reached for the sizes used here
     movers = {mover: ((dx, dy), CELL)}
-    background = _background(rng, size)
+    base = background(rng, size)
     frames = np.empty((VIDEO_FRAMES, size, size, 3), np.uint8)
     for t in range(VIDEO_FRAMES):
-        frame = background.copy()
+        frame = base.copy()
         draw = ImageDraw.Draw(frame)
         for i, (sx, sy) in enumerate(spots):
             ox, oy = mover_offset(movers, i, t)
-            _draw_shape(draw, shapes[i], sx + ox, sy + oy, sides[i], colours[i])
+            draw_shape(draw, shapes[i], sx + ox, sy + oy, sides[i], colours[i])
         frames[t] = np.asarray(frame)
     objects = [(shapes[i], colours[i], sx, sy, sides[i]) for i, (sx, sy) in enumerate(spots)]  # at frame 0
     return Example("moved", "Which shape moves during the video? Answer with its colour.", [], colours[mover],
