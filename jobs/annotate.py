@@ -46,7 +46,7 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.stages import DecodeStage, InferStage, sample_to_row  # noqa: E402
+from pipeline.stages import DecodeStage, InferStage, batch_rows, batched_dataset, rows_batch, sample_to_row  # noqa: E402
 from pipeline.tasks import Sample  # noqa: E402
 from pruning import PruningConfig  # noqa: E402
 
@@ -193,10 +193,10 @@ class ReadImageStage:
     """Image path -> encoded bytes in ``images``; a file that cannot be read or is no image
     (checked from its header and structure, not decoded in full) is a row error naming it."""
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         from PIL import Image, UnidentifiedImageError
 
-        rows = batch.to_dict("records")
+        rows = batch_rows(batch, ("image_path", "error"), "read image")
         for row in rows:
             path = row.get("image_path")
             if not path or row.get("error"):
@@ -213,7 +213,7 @@ class ReadImageStage:
             except Exception as exc:  # PIL raises several types for broken files
                 detail = "unknown format" if isinstance(exc, UnidentifiedImageError) else str(exc)
                 row["error"] = f"image: cannot decode {path}: {detail}"
-        return pd.DataFrame(rows)
+        return rows_batch(rows)
 
 
 # ---------------------------------------------------------------- outputs
@@ -257,7 +257,7 @@ def merge(out: Path, order: list[str]) -> Path:
 
 
 def _output_row(row: dict, config: PruningConfig) -> dict:
-    """The written columns of an infer-stage row (pandas' NaN for a missing value -> None)."""
+    """The written columns of an infer-stage row (a NaN for a missing value -> None)."""
     out = {k: None if _missing(row.get(k)) else row.get(k) for k in SCHEMA.names}
     out.update(method=config.method, pruning_rate=config.pruning_rate)
     if out["error"]:
@@ -297,12 +297,12 @@ def dataset(rows: list[dict], job: Job):
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the job's own
     warm_cpu_workers(job.model, ray.cluster_resources().get("CPU", 1.0) - job.actors)  # actors: 1 CPU each
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // job.batch_size, 64)))
-    ds = ds.map_batches(ReadImageStage(), batch_size=job.batch_size, batch_format="pandas")
-    ds = ds.map_batches(DecodeStage(job.model, job.frames, job.max_pixels), batch_size=job.batch_size, batch_format="pandas")
+    ds = batched_dataset(rows, job.batch_size)
+    ds = ds.map_batches(ReadImageStage(), batch_size=job.batch_size, batch_format="pyarrow")
+    ds = ds.map_batches(DecodeStage(job.model, job.frames, job.max_pixels), batch_size=job.batch_size, batch_format="pyarrow")
     device = "cuda" if job.num_gpus > 0 else "cpu"
     return ds.map_batches(InferStage, fn_constructor_kwargs={"model": job.model, "device": device, "dtype": job.dtype},
-                          batch_size=job.batch_size, batch_format="pandas",
+                          batch_size=job.batch_size, batch_format="pyarrow",
                           compute=ray.data.ActorPoolStrategy(size=job.actors), num_gpus=job.num_gpus)
 
 
@@ -325,8 +325,8 @@ def annotate(job: Job) -> dict:
         ds = dataset([to_row(i, item, job) for i, item in enumerate(pending)], job)
         (out / "parts").mkdir(parents=True, exist_ok=True)
         with tqdm(total=len(pending), desc="annotate", unit="input", file=sys.stderr) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
-                for row in batch.to_dict("records"):
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
                     buffer.append(_output_row(row, job.config))
                     errors += buffer[-1]["error"] is not None
                 bar.update(len(batch))

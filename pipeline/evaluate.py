@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.models import model_config
-from pipeline.stages import DecodeStage, InferStage, ScoreStage, sample_to_row
+from pipeline.stages import DecodeStage, InferStage, ScoreStage, batched_dataset, sample_to_row
 from pipeline.tasks import get_task
 from pruning import PruningConfig
 
@@ -51,7 +51,6 @@ class Resources:
     num_gpus: float = 0.0
     cpus_per_actor: float = 1.0
     batch_size: int = 4
-    decode_batch_size: int = 4
     frames: int = 32
     max_pixels: Optional[int] = None
     device: Optional[str] = None  # default: cuda when the actor has a GPU, else cpu
@@ -120,22 +119,22 @@ def evaluate_tasks(samples_by_task: Mapping[str, Sequence], model: str, configs:
     cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
     actor_cpus = _actor_cpus(resources, cluster_cpus)
     warm_cpu_workers(model, cluster_cpus - resources.actors * actor_cpus)
-    ds = ray.data.from_items(base, override_num_blocks=max(1, min(len(base), 64)))
+    ds = batched_dataset(base, resources.batch_size)
     # Stateless stages run as tasks (an instance is a plain callable to Ray Data);
     # the infer stage is a class, so Ray Data runs it as an actor pool. Decoding (media and
     # the model's processor) asks for its own CPU share: with remote arguments unlike the
     # actors', Ray Data does not fuse it into the actor, so the model never waits on it.
     ds = ds.map_batches(DecodeStage(model, resources.frames, resources.max_pixels),
-                        batch_size=resources.decode_batch_size, batch_format="pandas",
+                        batch_size=resources.batch_size, batch_format="pyarrow",
                         num_cpus=DECODE_CPUS)
     ds = ds.map_batches(InferStage, fn_constructor_kwargs={"model": model, "device": device,
                                                            "dtype": resources.dtype,
                                                            "threads": resources.threads},
-                        batch_size=resources.batch_size, batch_format="pandas",
+                        batch_size=resources.batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=resources.actors),
                         num_gpus=resources.num_gpus,
                         num_cpus=actor_cpus)
-    ds = ds.map_batches(ScoreStage(), batch_format="pandas", batch_size=64)
+    ds = ds.map_batches(ScoreStage(), batch_format="pyarrow", batch_size=64)
     rows = ds.take_all()
     seconds = time.perf_counter() - start
 

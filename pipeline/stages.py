@@ -22,7 +22,7 @@ import time
 import traceback
 from typing import Optional, Sequence
 
-import pandas as pd
+import pyarrow as pa
 
 from pipeline.tasks import Sample, get_task
 
@@ -49,10 +49,33 @@ def sample_to_row(index: int, task: str, sample: Sample, configs: Sequence[dict]
     }
 
 
-def _require(batch: pd.DataFrame, columns, stage: str) -> None:
-    missing = [c for c in columns if c not in batch.columns]
+def batched_dataset(rows: Sequence[dict], batch_size: int):
+    """``rows`` as a Ray Dataset whose blocks hold exactly ``batch_size`` rows (the last
+    one the rest). The CPU stages work a block at a time and give one block back, so each
+    model call gets one full batch: with blocks of another size Ray Data bundles them into
+    a full batch plus a remainder (12 rows -> a batch of 8 and one of 4, a third more model
+    calls, each nearly as slow as a full one)."""
+    import ray
+
+    return ray.data.from_arrow([rows_batch(list(rows[lo:lo + batch_size]))
+                                for lo in range(0, len(rows), batch_size)])
+
+
+def batch_rows(batch, columns, stage: str) -> list[dict]:
+    """A Ray Data batch (Arrow table, or pandas DataFrame) as rows, after checking that it
+    has ``columns``. The stages ask Ray Data for Arrow batches and answer with
+    :func:`rows_batch`: Ray Data's blocks are Arrow, so no pandas conversion runs between
+    two model calls (they cost the actor ~10 ms a batch with pandas)."""
+    names = batch.column_names if isinstance(batch, pa.Table) else list(batch.columns)
+    missing = [c for c in columns if c not in names]
     if missing:
-        raise ValueError(f"{stage} stage needs columns {missing}; got {list(batch.columns)}")
+        raise ValueError(f"{stage} stage needs columns {missing}; got {names}")
+    return batch.to_pylist() if isinstance(batch, pa.Table) else batch.to_dict("records")
+
+
+def rows_batch(rows: list[dict]) -> pa.Table:
+    """Rows (all with the same keys) -> the Arrow batch a stage returns."""
+    return pa.Table.from_pylist(rows)
 
 
 class DecodeStage:
@@ -64,18 +87,17 @@ class DecodeStage:
     def __init__(self, model: str, frames: int = 32, max_pixels: Optional[int] = None):
         self.model, self.frames, self.max_pixels = model, frames, max_pixels
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         from pipeline.infer import Preparer
 
-        _require(batch, READ_COLUMNS, "decode")
+        rows = batch_rows(batch, READ_COLUMNS, "decode")
         preparer = Preparer.from_spec(self.model)  # loaded once per worker process
-        rows = batch.to_dict("records")
         for row in rows:
             row["inputs"] = None
             if not row.get("error"):
                 row["error"] = self._prepare(preparer, row)
             row.pop("images")  # in the inputs now; the infer stage copies rows per config
-        return pd.DataFrame(rows)
+        return rows_batch(rows)
 
     def _prepare(self, preparer, row: dict) -> Optional[str]:
         """Sets ``row["inputs"]``; returns why it could not (a row error), or None."""
@@ -120,14 +142,13 @@ class InferStage:
         self.generator = Generator(model, device=device, dtype=dtype)
         self.generator.warm_up()  # the first batch's timings would carry one-off costs
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         """One output row per input row and config (``config``: that config's JSON)."""
         from pruning import PruningConfig
 
-        _require(batch, INFER_COLUMNS, "infer")
         started = time.time()
         rows = []
-        for row in batch.to_dict("records"):
+        for row in batch_rows(batch, INFER_COLUMNS, "infer"):
             prepared = pickle.loads(row.pop("inputs")) if row["inputs"] is not None else None
             for config_json in json.loads(row.pop("configs")):
                 rows.append({**row, "config": config_json, "prepared": prepared, **NO_ANSWER})
@@ -141,7 +162,7 @@ class InferStage:
             # Wall-clock span of this actor call (epoch seconds): first start to last end
             # over all rows is the model stage's busy time, without actor start-up.
             row.update(infer_started=started, infer_finished=finished)
-        return pd.DataFrame(rows)
+        return rows_batch(rows)
 
     def _answer(self, rows: list[dict], config) -> None:
         try:
@@ -167,9 +188,8 @@ class InferStage:
 class ScoreStage:
     """Parse each output and score it with its task's own metric (CPU)."""
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        _require(batch, ("task", "output", "answer", "meta", "error"), "score")
-        rows = batch.to_dict("records")
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch_rows(batch, ("task", "output", "answer", "meta", "error"), "score")
         for row in rows:
             row.update(parsed=None, score=0.0)
             if row["error"] or row["output"] is None:
@@ -182,4 +202,4 @@ class ScoreStage:
                 row.update(parsed=json.dumps(parsed), score=float(task.score(parsed, sample)))
             except Exception as exc:  # an unparseable answer scores 0 and says why
                 row["error"] = f"score: {exc}"
-        return pd.DataFrame(rows)
+        return rows_batch(rows)
