@@ -1,12 +1,12 @@
 """Samples per second through the Ray pipeline vs a plain Python loop, same model and samples.
 
-    python benchmarks/pipeline.py [--task pope] [--samples 96] [--model tiny:qwen2_vl]
+    python benchmarks/pipeline.py [--task pope] [--samples 192] [--model tiny:qwen2_vl]
 
 Runs, in one process and on the same generated sample set: (1) a plain loop that
 decodes each sample (images, video frames) and answers in batches (processor and
 model, one batch after the other), (2) the Ray pipeline with one actor on a fresh
 cluster ("cold": its CPU stage's workers start during the job), (3) the same job again
-("warm"), (4) with two actors. Steady-state throughput is compared: the loop is timed
+("warm", several times, each job between two loop runs), (4) with two actors. Steady-state throughput is compared: the loop is timed
 after its model is loaded and warmed up, and the pipeline from the first model batch's
 start to the last one's end (the ``infer_started`` / ``infer_finished`` columns), so
 actor start-up and model loading, a fixed cost per job, are left out of both; the
@@ -35,20 +35,23 @@ from pipeline.tasks import get_task  # noqa: E402
 from pruning import PruningConfig  # noqa: E402
 
 
-def plain_loop(generator, task_name, samples, config, batch_size, frames) -> float:
-    """Samples per second of a warmed-up ``generator`` answering ``samples`` in batches."""
+def plain_loop(generator, task_name, samples, config, batch_size, frames) -> tuple[float, float]:
+    """(samples per second, seconds in ``generate``) of a warmed-up ``generator``
+    answering ``samples`` in batches."""
     task = get_task(task_name)
     start = time.perf_counter()
-    scores = []
+    scores, generate = [], 0.0
     for lo in range(0, len(samples), batch_size):
         batch = [s for s in samples[lo:lo + batch_size] if not s.error]
         requests = [Request(s.prompt, images=[decode_image(b) for b in s.images],
                             frames=video.read_frames(s.video, frames) if s.video else None,
                             max_new_tokens=s.max_new_tokens) for s in batch]
         if requests:
-            for s, a in zip(batch, generator.run(requests, config)):
+            answers = generator.run(requests, config)
+            generate += answers[0].generate_s
+            for s, a in zip(batch, answers):
                 scores.append(task.score(task.parse(a.text, s), s))
-    return len(samples) / (time.perf_counter() - start)
+    return len(samples) / (time.perf_counter() - start), generate
 
 
 def pipeline_run(task_name, samples, model, config, resources) -> tuple[float, float, str]:
@@ -66,15 +69,15 @@ def pipeline_run(task_name, samples, model, config, resources) -> tuple[float, f
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="pope", help="benchmark whose sample layout is generated")
-    parser.add_argument("--samples", type=int, default=96, help="samples in the set")
+    parser.add_argument("--samples", type=int, default=192, help="samples in the set (default 192)")
     parser.add_argument("--model", default="tiny:qwen2_vl")
     parser.add_argument("--method", default="vlm_pruner")
     parser.add_argument("--pruning-rate", type=float, default=0.778)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="warm loop / 1-actor pairs, run back to back (default 3): the ratio of "
-                             "each pair is printed and their median is the result")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="warm 1-actor jobs (default 5), each between two loop runs: its ratio "
+                             "to their mean is printed and the median of the ratios is the result")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the loop and for each actor (default 1: on a busy "
                              "2-core machine more threads spin and slow everything down)")
@@ -93,8 +96,13 @@ def main(argv=None):
         generator = Generator(args.model)
         generator.warm_up()  # as the actors do
 
+        loop_notes = []
+
         def loop() -> float:
-            return plain_loop(generator, args.task, samples, config, args.batch_size, args.frames)
+            rate, generate = plain_loop(generator, args.task, samples, config, args.batch_size, args.frames)
+            name = f"plain loop #{len(loop_notes)}" if loop_notes else "plain loop"
+            loop_notes.append(f"{name}: {len(samples) / rate:.2f} s, in generate {generate:.2f} s")
+            return rate
 
         first_loop = loop()
         evaluate.init_ray()
@@ -102,19 +110,24 @@ def main(argv=None):
         # (each imports torch and transformers and loads the processor once: seconds on
         # this machine), and its model stage waits on them; later jobs find them running.
         # "cold" is what a short job sees, "warm" the steady state a long job settles
-        # into, comparable with the warmed-up loop. The machine's speed drifts by 10-20%
-        # over minutes, so each warm job is paired with a loop run right before it.
+        # into, comparable with the warmed-up loop. The machine's speed drifts by 10-30%
+        # within minutes, so each warm job is compared with the loop runs right before
+        # and right after it.
         cold = pipeline_run(args.task, samples, args.model, config, resources[1])
         rows = [("plain loop", first_loop, None, None), ("ray, 1 actor, cold", cold[0], cold[1], first_loop)]
         notes = [f"ray, 1 actor, cold: {cold[2]}"]
         ratios = []
+        before = loop()
+        rows.append(("plain loop #1", before, None, None))
         for repeat in range(args.repeats):
-            base = loop()
             warm = pipeline_run(args.task, samples, args.model, config, resources[1])
+            after = loop()
+            base = (before + after) / 2  # the loop runs just before and just after the job
             ratios.append(warm[0] / base)
-            rows += [(f"plain loop #{repeat + 1}", base, None, None),
-                     (f"ray, 1 actor, warm #{repeat + 1}", warm[0], warm[1], base)]
+            rows += [(f"ray, 1 actor, warm #{repeat + 1}", warm[0], warm[1], base),
+                     (f"plain loop #{repeat + 2}", after, None, None)]
             notes.append(f"ray, 1 actor, warm #{repeat + 1}: {warm[2]}")
+            before = after
         two = pipeline_run(args.task, samples, args.model, config, resources[2])
         rows.append(("ray, 2 actors, warm", two[0], two[1], base))
         notes.append(f"ray, 2 actors, warm: {two[2]}")
@@ -126,8 +139,8 @@ def main(argv=None):
     for name, rate, whole, against in rows:
         ratio = f"{rate / against:.0%}" if against else ""
         print(f"{name:<24} {rate:>10.2f} {ratio:>8} {'' if whole is None else f'{whole:.2f}':>21}")
-    print("\n".join(notes))
-    print(f"1 warm actor vs the loop run just before it: median {statistics.median(ratios):.0%} "
+    print("\n".join(loop_notes + notes))
+    print(f"1 warm actor vs the mean of the loop runs just before and after it: median {statistics.median(ratios):.0%} "
           f"over {len(ratios)} pairs ({', '.join(f'{r:.0%}' for r in ratios)})")
 
 

@@ -292,12 +292,12 @@ def dataset(rows: list[dict], job: Job):
     cluster unless RAY_ADDRESS names one)."""
     import ray
 
-    from pipeline.evaluate import init_ray, warm_cpu_workers
+    from pipeline.evaluate import BATCHES_PER_BLOCK, init_ray, warm_cpu_workers
 
     init_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the job's own
     warm_cpu_workers(job.model, ray.cluster_resources().get("CPU", 1.0) - job.actors)  # actors: 1 CPU each
-    ds = batched_dataset(rows, job.batch_size)
+    ds = batched_dataset(rows, job.batch_size, BATCHES_PER_BLOCK)
     ds = ds.map_batches(ReadImageStage(), batch_size=job.batch_size, batch_format="pyarrow")
     ds = ds.map_batches(DecodeStage(job.model, job.frames, job.max_pixels), batch_size=job.batch_size, batch_format="pyarrow")
     device = "cuda" if job.num_gpus > 0 else "cpu"

@@ -41,6 +41,8 @@ OUTPUT_COLUMNS = ["id", "task", "prompt", "output", "parsed", "answer", "meta", 
 
 
 DECODE_CPUS = 0.5  # per decode task: two decode while one actor holds a core
+# Model batches per block (and so per decode task and per actor task): see batched_dataset.
+BATCHES_PER_BLOCK = 4
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def evaluate_tasks(samples_by_task: Mapping[str, Sequence], model: str, configs:
     cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
     actor_cpus = _actor_cpus(resources, cluster_cpus)
     warm_cpu_workers(model, cluster_cpus - resources.actors * actor_cpus)
-    ds = batched_dataset(base, resources.batch_size)
+    ds = batched_dataset(base, resources.batch_size, BATCHES_PER_BLOCK)
     # Stateless stages run as tasks (an instance is a plain callable to Ray Data);
     # the infer stage is a class, so Ray Data runs it as an actor pool. Decoding (media and
     # the model's processor) asks for its own CPU share: with remote arguments unlike the

@@ -49,16 +49,18 @@ def sample_to_row(index: int, task: str, sample: Sample, configs: Sequence[dict]
     }
 
 
-def batched_dataset(rows: Sequence[dict], batch_size: int):
-    """``rows`` as a Ray Dataset whose blocks hold exactly ``batch_size`` rows (the last
-    one the rest). The CPU stages work a block at a time and give one block back, so each
-    model call gets one full batch: with blocks of another size Ray Data bundles them into
-    a full batch plus a remainder (12 rows -> a batch of 8 and one of 4, a third more model
-    calls, each nearly as slow as a full one)."""
+def batched_dataset(rows: Sequence[dict], batch_size: int, batches_per_block: int = 1):
+    """``rows`` as a Ray Dataset whose blocks hold exactly ``batches_per_block *
+    batch_size`` rows (the last one the rest). The CPU stages work a block at a time and
+    give one block back, so each model task gets whole batches: with blocks of another
+    size Ray Data bundles them into full batches plus a remainder (12 rows -> a batch of 8
+    and one of 4, a third more model calls, each nearly as slow as a full one). Several
+    batches per block spread the per-task cost of Ray Data (~10-15 ms between tasks,
+    ~2 ms between calls of one task on this machine) over several model calls."""
     import ray
 
-    return ray.data.from_arrow([rows_batch(list(rows[lo:lo + batch_size]))
-                                for lo in range(0, len(rows), batch_size)])
+    size = batch_size * batches_per_block
+    return ray.data.from_arrow([rows_batch(list(rows[lo:lo + size])) for lo in range(0, len(rows), size)])
 
 
 def batch_rows(batch, columns, stage: str) -> list[dict]:

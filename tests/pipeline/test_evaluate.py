@@ -5,6 +5,7 @@ score; every input comes out exactly once, in order, the bad ones with an error.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -63,7 +64,11 @@ def test_command_line_writes_predictions_and_summary(local_ray, sample_sets, tmp
                    "--method", "divprune", "--pruning-rate", "0.5", "--out", str(out), "--batch-size", "3"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["method"] == "divprune" and summary["metrics"]["samples"] == 5
-    assert len(pq.read_table(out / "predictions.parquet")) == 5
+    rows = pq.read_table(out / "predictions.parquet").to_pylist()
+    assert len(rows) == 5
+    # Each model call gets one full batch (the last the rest), not a batch and a remainder.
+    calls = Counter((row["infer_started"], row["infer_finished"]) for row in rows)
+    assert sorted(calls.values(), reverse=True) == [3, 2]
     assert "errors" in capsys.readouterr().out
 
 
