@@ -61,8 +61,11 @@ def pipeline_run(task_name, samples, model, config, resources) -> tuple[float, f
     busy = max(end for _, end in calls) - min(begin for begin, _ in calls)
     inside = sum(end - begin for begin, end in calls)
     generate = sum(r["generate_s"] / r["batch_size"] for r in result.rows if r.get("generate_s"))
+    gaps = sorted((b[0] - a[1]) * 1e3 for a, b in zip(calls, calls[1:]) if b[0] >= a[1])
+    gap_note = f"; gaps between calls: median {statistics.median(gaps):.0f} ms, max {gaps[-1]:.0f} ms" if gaps else ""
     note = (f"{len(calls)} model calls; busy window {busy:.2f} s (summed over actors: "
-            f"{busy * resources.actors:.2f} s), inside the calls {inside:.2f} s, in generate {generate:.2f} s")
+            f"{busy * resources.actors:.2f} s), inside the calls {inside:.2f} s, in generate {generate:.2f} s"
+            f"{gap_note}")
     return len(samples) / busy, len(samples) / result.seconds, note
 
 
