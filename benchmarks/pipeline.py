@@ -6,12 +6,13 @@ Runs, in one process and on the same generated sample set: (1) a plain loop that
 decodes each sample (images, video frames) and answers in batches (processor and
 model, one batch after the other), (2) the Ray pipeline with one actor on a fresh
 cluster ("cold": its CPU stage's workers start during the job), (3) the same job again
-("warm", several times, each job between two loop runs), (4) with two actors. Steady-state throughput is compared: the loop is timed
-after its model is loaded and warmed up, and the pipeline from the first model batch's
-start to the last one's end (the ``infer_started`` / ``infer_finished`` columns), so
-actor start-up and model loading, a fixed cost per job, are left out of both; the
-whole job's rate (with them) is printed beside it. The pipeline with one warm actor
-should reach >= 90% of the loop's throughput.
+("warm", several times, each job between two loop runs), (4) with two actors.
+Steady-state throughput is compared: the loop is timed after its model is loaded and
+warmed up, and the pipeline from the first model batch's start to the last one's end
+(the ``infer_started`` / ``infer_finished`` columns), so actor start-up and model
+loading, a fixed cost per job, are left out of both; the whole job's rate (with them)
+is printed beside it. The pipeline with one warm actor should reach >= 90% of the
+loop's throughput.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def batched_dataset(rows: Sequence[dict], batch_size: int, batches_per_block: in
     give one block back, so each model task gets whole batches: with blocks of another
     size Ray Data bundles them into full batches plus a remainder (12 rows -> a batch of 8
     and one of 4, a third more model calls, each nearly as slow as a full one). Several
-    batches per block spread the per-task cost of Ray Data (~10-15 ms between tasks,
+    batches per block spread the per-task cost of Ray Data (~15-20 ms between tasks,
     ~2 ms between calls of one task on this machine) over several model calls."""
     import ray
 
@@ -63,16 +63,15 @@ def batched_dataset(rows: Sequence[dict], batch_size: int, batches_per_block: in
     return ray.data.from_arrow([rows_batch(list(rows[lo:lo + size])) for lo in range(0, len(rows), size)])
 
 
-def batch_rows(batch, columns, stage: str) -> list[dict]:
-    """A Ray Data batch (Arrow table, or pandas DataFrame) as rows, after checking that it
-    has ``columns``. The stages ask Ray Data for Arrow batches and answer with
-    :func:`rows_batch`: Ray Data's blocks are Arrow, so no pandas conversion runs between
-    two model calls (they cost the actor ~10 ms a batch with pandas)."""
-    names = batch.column_names if isinstance(batch, pa.Table) else list(batch.columns)
-    missing = [c for c in columns if c not in names]
+def batch_rows(batch: pa.Table, columns, stage: str) -> list[dict]:
+    """A Ray Data batch as rows, after checking that it has ``columns``. The stages ask
+    Ray Data for Arrow batches and answer with :func:`rows_batch`: Ray Data's blocks are
+    Arrow, so no pandas conversion runs between two model calls (they cost the actor
+    ~10 ms a batch with pandas)."""
+    missing = [c for c in columns if c not in batch.column_names]
     if missing:
-        raise ValueError(f"{stage} stage needs columns {missing}; got {names}")
-    return batch.to_pylist() if isinstance(batch, pa.Table) else batch.to_dict("records")
+        raise ValueError(f"{stage} stage needs columns {missing}; got {batch.column_names}")
+    return batch.to_pylist()
 
 
 def rows_batch(rows: list[dict]) -> pa.Table:

@@ -158,7 +158,8 @@ def _row_blocks(matrix: torch.Tensor):
     """(start, stop) row ranges of about BLOCK_BYTES each; one range off the CPU, where a
     whole-matrix kernel is faster than a loop of small ones."""
     n = matrix.shape[0]
-    rows = n if matrix.device.type != "cpu" else max(1, BLOCK_BYTES // (4 * max(1, matrix.shape[1])))
+    row_bytes = matrix.element_size() * max(1, matrix.shape[1])
+    rows = n if matrix.device.type != "cpu" else max(1, BLOCK_BYTES // row_bytes)
     return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
 
 
