@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pruning.methods import vlm_pruner  # noqa: E402
+from pruning.methods import vlm_pruner, vlm_pruner_cpu  # noqa: E402
 from tests.reference.vlm_pruner_loop import rounds_loop, select_loop  # noqa: E402
 
 GRIDS = {576: (1, 24, 24), 1296: (1, 36, 36), 4096: (16, 16, 16), 16384: (1, 128, 128)}
@@ -93,19 +93,20 @@ def main(argv=None):
         r = round(n * (1 - args.pruning_rate))
         for dim in args.dims:
             hidden, keys = vlm_like(grid, dim, KEY_DIMS[dim])
-            unit = vlm_pruner.screened_unit_vectors(hidden, 256)
-            pivots = vlm_pruner.pivot_tokens(keys, 4)
-            pos, nf = vlm_pruner.token_positions(grid, 1.0, cpu)
+            pivots = vlm_pruner_cpu.pivot_tokens(keys.numpy(), 4)
+            unit = vlm_pruner_cpu.screened_unit_vectors(hidden.numpy(), 256)
+            pos, nf = vlm_pruner.token_positions(grid, 1.0)
             mean_cos = float((unit.mean(0) @ unit.mean(0)) * n / (n - 1) - 1 / (n - 1))
-            vlm_pruner.select(hidden, keys, grid, r)  # warm-up
+            vlm_pruner.select(hidden, keys, grid, r)  # warm-up (and compilation)
             fast_ms, fast = timed(lambda: vlm_pruner.select(hidden, keys, grid, r), args.repeats, cpu)
-            rounds_ms, _ = timed(lambda: vlm_pruner.centrifugal_selection(
-                unit, pos, nf, pivots, r, 0.8, 0.5, 16), args.repeats, cpu)
+            rounds_ms, _ = timed(lambda: vlm_pruner_cpu.centrifugal_selection(
+                unit, pos, nf, pivots, r, 0.8, 0.5, 16, vlm_pruner.TAU_STEP), args.repeats, cpu)
             row = f"{n:>6} {dim:>5} {r:>5} {mean_cos:>5.2f} | {fast_ms:>8.2f}"
             if n <= args.skip_loop_above:
                 loop_ms, (keep, _, _) = timed(lambda: select_loop(hidden, keys, grid, r),
                                               args.loop_repeats, cpu)
-                sim, dist = unit @ unit.T, torch.cdist(pos, pos)
+                unit_t, pos_t = torch.from_numpy(unit), torch.tensor(pos)
+                sim, dist = unit_t @ unit_t.T, torch.cdist(pos_t, pos_t)
                 loop_rounds_ms, _ = timed(lambda: rounds_loop(sim, dist, nf, pivots.tolist(), r),
                                           args.loop_repeats, cpu)
                 same = torch.equal(fast.keep, keep)

@@ -11,27 +11,27 @@ Follows ../shared/spec/vlm-pruner.md exactly. Three stages on one visual span:
 3. similarity-weighted aggregation (SWA): each discarded token is fused into its most
    similar retained token, which keeps weight beta.
 
-Speed: the greedy is inherently sequential over batches, but only batches that accept
-something change the state. Each step therefore scores *all* remaining candidates of
-the round against the current selection in one vectorised pass, jumps straight to the
-first batch that accepts anything, and updates the running ``max S`` / ``min dist`` of
-every token with the newly accepted columns only. Steps are bounded by the number of
-accepting batches (at most R), not the number of batches, and the similarity matrix is
-never built: only the N x R columns of selected tokens are ever computed.
+Two implementations with the same results. On the CPU, ``vlm_pruner_cpu`` runs the
+stages as compiled loops (numba): a selection is then a few memory-bound passes over
+the inputs. Elsewhere (CUDA), ``select_torch`` keeps everything on the device: the
+greedy is inherently sequential over batches, but only batches that accept something
+change the state, so each step scores *all* remaining candidates of the round against
+the current selection in one vectorised pass, jumps straight to the first batch that
+accepts anything, and updates the running ``max S`` / ``min dist`` of every token with
+the newly accepted columns only. Steps are bounded by the number of accepting batches
+(at most R), and the N x N similarity matrix is never built on either path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import numpy as np
-import threadpoolctl
 import torch
 import torch.nn.functional as F
 
-from pruning.methods import checks
+from pruning.methods import checks, vlm_pruner_cpu
 from pruning.methods.registry import Param, Selection, register
 
 # Added to tau after every round (spec: "tau += 0.1 each next round").
@@ -96,17 +96,54 @@ def select(
     Example (spec defaults, LLaVA-1.5 image): hidden (576, 4096), keys (576, 4096),
     grid (1, 24, 24), num_retain 64 -> keep holds 64 ascending indices in [0, 576).
     """
-    n, grid = _check(hidden_states, key_states, grid, num_retain, num_pivots, top_channels,
-                     threshold, spatial_lambda, token_batch, merge_weight, temporal_scale)
-    num_retain = min(num_retain, n)
-    device = hidden_states.device
-    if num_retain == n:
-        return Selection(torch.arange(n, device=device), hidden_states)
+    return _checked(hidden_states, key_states, grid, num_retain, num_pivots, top_channels,
+                    threshold, spatial_lambda, token_batch, merge_weight, temporal_scale)
 
+
+def select_torch(hidden_states: torch.Tensor, key_states: torch.Tensor, grid: tuple[int, int, int],
+                 num_retain: int, *, num_pivots: int = 4, top_channels: int = 256,
+                 threshold: float = 0.8, spatial_lambda: float = 0.5, token_batch: int = 16,
+                 merge_weight: float = 0.3, temporal_scale: float = 1.0) -> Selection:
+    """``select`` on the torch path whatever the device: what CUDA runs, here for tests
+    and benchmarks on the CPU."""
+    return _checked(hidden_states, key_states, grid, num_retain, num_pivots, top_channels,
+                    threshold, spatial_lambda, token_batch, merge_weight, temporal_scale,
+                    torch_only=True)
+
+
+def _checked(hidden_states, key_states, grid, num_retain, *params, torch_only=False) -> Selection:
+    """Check the arguments, keep everything when R >= N, else run the CPU or torch path."""
+    n, grid = _check(hidden_states, key_states, grid, num_retain, *params)
+    if num_retain >= n:
+        return Selection(torch.arange(n, device=hidden_states.device), hidden_states)
+    on_cpu = hidden_states.device.type == "cpu" and not torch_only
+    implementation = _select_cpu if on_cpu else _select_torch
+    return implementation(hidden_states, key_states, grid, num_retain, *params)
+
+
+def _select_cpu(hidden_states, key_states, grid, num_retain, num_pivots, top_channels, threshold,
+                spatial_lambda, token_batch, merge_weight, temporal_scale) -> Selection:
+    """The compiled CPU path (``vlm_pruner_cpu``)."""
+    h = hidden_states.detach().float().contiguous().numpy()  # (N, D), no copy for float32
+    k = key_states.detach().float().contiguous().numpy()  # (N, Dk)
+    pivots = vlm_pruner_cpu.pivot_tokens(k, min(num_pivots, num_retain))
+    unit = vlm_pruner_cpu.screened_unit_vectors(h, top_channels)  # (N, q')
+    pos, nf = token_positions(grid, temporal_scale)  # (N, 3), scalar
+    order, sim_cols = vlm_pruner_cpu.centrifugal_selection(
+        unit, pos, nf, pivots, num_retain, threshold, spatial_lambda, token_batch, TAU_STEP)
+    keep, fused = vlm_pruner_cpu.similarity_weighted_aggregation(h, order, sim_cols, merge_weight,
+                                                                 MIN_WEIGHT_SUM)
+    return Selection(torch.from_numpy(keep), torch.from_numpy(fused).to(hidden_states.dtype))
+
+
+def _select_torch(hidden_states, key_states, grid, num_retain, num_pivots, top_channels, threshold,
+                  spatial_lambda, token_batch, merge_weight, temporal_scale) -> Selection:
+    """The torch path: every step stays on the tensors' device."""
     h = hidden_states.float()  # (N, D)
     pivots = pivot_tokens(key_states.float(), min(num_pivots, num_retain))
     unit = screened_unit_vectors(h, top_channels)  # (N, q')
-    pos, nf = token_positions(grid, temporal_scale, device)  # (N, 3), scalar
+    pos, nf = token_positions(grid, temporal_scale)  # (N, 3), scalar
+    pos = torch.tensor(pos, device=h.device)
     order = centrifugal_selection(unit, pos, nf, pivots, num_retain,
                                   threshold, spatial_lambda, token_batch)
     keep, fused = similarity_weighted_aggregation(h, unit, order, merge_weight)
@@ -116,20 +153,17 @@ def select(
 def pivot_tokens(keys: torch.Tensor, count: int) -> torch.Tensor:
     """Stage 1. (N, Dk) keys -> (count,) pivot indices, in selection order.
 
-    p0 = argmax ||k_i||_1, then farthest-point sampling in Euclidean key space. Tokens
-    already chosen are excluded, so duplicate keys still give distinct pivots.
-    Squared distances come from ``|a|^2 + |b|^2 - 2 a.b`` (one mat-vec per pivot, as
-    ``torch.cdist`` computes them), which only matters for exact near-ties.
+    p0 = argmax ||k_i||_1, then farthest-point sampling in Euclidean key space (on
+    squared distances: same argmax). Tokens already chosen are excluded, so duplicate
+    keys still give distinct pivots.
     """
-    l1 = _row_l1_norms(keys)  # (N,)
+    l1 = keys.abs().sum(dim=1)  # (N,)
     if not torch.isfinite(l1).all():
         raise ValueError("key_states contains NaN or infinite values")
-    sq_norm = torch.linalg.vector_norm(keys, dim=1).square_()  # (N,)
     pivots = [torch.argmax(l1)]
     min_dist = torch.full_like(l1, math.inf)
     for _ in range(count - 1):
-        last = pivots[-1]
-        dist = (sq_norm + sq_norm[last] - 2.0 * (keys @ keys[last])).clamp_min_(0.0)
+        dist = (keys - keys[pivots[-1]]).square_().sum(dim=1)  # (N,)
         min_dist = torch.minimum(min_dist, dist)
         min_dist[torch.stack(pivots)] = -1.0
         pivots.append(torch.argmax(min_dist))
@@ -142,7 +176,7 @@ def screened_unit_vectors(hidden: torch.Tensor, top_channels: int) -> torch.Tens
     Channels are ranked by unbiased variance over the tokens, ties to the lower channel.
     Cosine similarity S[i, j] is then a plain dot product of two rows.
     """
-    variance = _channel_variances(hidden)  # (D,)
+    variance = hidden.var(dim=0)  # (D,), unbiased
     if not torch.isfinite(variance).all():
         raise ValueError("hidden_states contains NaN or infinite values")
     channels = torch.sort(variance, descending=True, stable=True).indices[:top_channels]
@@ -150,194 +184,75 @@ def screened_unit_vectors(hidden: torch.Tensor, top_channels: int) -> torch.Tens
     return F.normalize(hidden.index_select(1, torch.sort(channels).values), dim=1, eps=NORM_EPS)
 
 
-# Rows per block of the CPU passes below: a (64, 4096) float block is 1 MiB, in L2.
-BLOCK_BYTES = 1 << 20
-
-
-def _row_blocks(matrix: torch.Tensor):
-    """(start, stop) row ranges of about BLOCK_BYTES each; one range off the CPU, where a
-    whole-matrix kernel is faster than a loop of small ones."""
-    n = matrix.shape[0]
-    row_bytes = matrix.element_size() * max(1, matrix.shape[1])
-    rows = n if matrix.device.type != "cpu" else max(1, BLOCK_BYTES // row_bytes)
-    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
-
-
-def _channel_variances(hidden: torch.Tensor) -> torch.Tensor:
-    """(N, D) -> (D,) unbiased variance of each channel over the tokens (two-pass: mean,
-    then squared deviations). The deviations are formed block by block in one reused
-    buffer: a full (N, D) temporary costs more in fresh pages than in arithmetic on the
-    CPU, and torch.var(dim=0) is ~5x slower still."""
-    n = hidden.shape[0]
-    mean = (hidden.new_ones(n) @ hidden) / n  # (D,), a mat-vec: one fast pass
-    total = hidden.new_zeros(hidden.shape[1])
-    blocks = _row_blocks(hidden)
-    scratch = hidden.new_empty(blocks[0][1] - blocks[0][0], hidden.shape[1])
-    for lo, hi in blocks:
-        deviation = torch.sub(hidden[lo:hi], mean, out=scratch[:hi - lo])
-        total += deviation.square_().sum(dim=0)
-    return total / (n - 1)
-
-
-def _row_l1_norms(keys: torch.Tensor) -> torch.Tensor:
-    """(N, Dk) -> (N,) L1 norm of each row, through one reused block buffer (no (N, Dk)
-    temporary; torch.linalg.vector_norm(ord=1) is slower still on the CPU)."""
-    out = keys.new_empty(keys.shape[0])
-    blocks = _row_blocks(keys)
-    scratch = keys.new_empty(blocks[0][1] - blocks[0][0], keys.shape[1])
-    for lo, hi in blocks:
-        torch.sum(torch.abs(keys[lo:hi], out=scratch[:hi - lo]), dim=1, out=out[lo:hi])
-    return out
-
-
-def token_positions(grid: tuple[int, int, int], temporal_scale: float,
-                    device: torch.device) -> tuple[torch.Tensor, float]:
-    """(T, H, W) -> positions (N, 3) as (t * temporal_scale, y, x), and nf.
+@functools.lru_cache(maxsize=64)
+def token_positions(grid: tuple[int, int, int],
+                    temporal_scale: float) -> tuple[np.ndarray, float]:
+    """(T, H, W) -> float32 positions (N, 3) as (t * temporal_scale, y, x), and nf.
 
     nf = 1 / sqrt(H^2 + W^2) for an image (T = 1) and 1 / sqrt(T^2 + H^2 + W^2) for a
-    video, so a single-frame span is exactly the image case.
+    video, so a single-frame span is exactly the image case. Cached (a model sees few
+    grids) and read-only; built with numpy for both paths.
     Example: grid (1, 2, 3) -> rows (0,0,0) (0,0,1) (0,0,2) (0,1,0) (0,1,1) (0,1,2).
     """
     t, h, w = grid
-    idx = torch.arange(t * h * w, device=device)
-    pos = torch.stack([(idx // (h * w)) * temporal_scale, (idx // w) % h, idx % w], dim=1)
+    idx = np.arange(t * h * w)
+    pos = np.stack([(idx // (h * w)) * temporal_scale, (idx // w) % h, idx % w], axis=1)
+    pos = pos.astype(np.float32)
+    pos.flags.writeable = False
     extent = h * h + w * w + (t * t if t > 1 else 0)
-    return pos.float(), 1.0 / math.sqrt(extent)
-
-
-class _Numpy:
-    """Array operations for the selection loop on the CPU (numpy: ~1 us per call)."""
-
-    @staticmethod
-    def transposed(x):
-        return np.ascontiguousarray(x.T)
-
-    @staticmethod
-    def colmax(x):
-        return x.max(axis=0)
-
-    @staticmethod
-    def colmin(x):
-        return x.min(axis=0)
-
-    maximum, minimum = staticmethod(np.maximum), staticmethod(np.minimum)
-
-    @staticmethod
-    def argsort(x):
-        return np.argsort(x, kind="stable")
-
-    @staticmethod
-    def flatnonzero(mask):
-        return np.flatnonzero(mask)
-
-    @staticmethod
-    def full(like, n, value, dtype=None):
-        return np.full(n, value, dtype=dtype or like.dtype)
-
-
-class _Torch:
-    """The same operations on an accelerator, where the state stays on the device."""
-
-    @staticmethod
-    def transposed(x):
-        return x.T.contiguous()
-
-    @staticmethod
-    def colmax(x):
-        return x.amax(dim=0)
-
-    @staticmethod
-    def colmin(x):
-        return x.amin(dim=0)
-
-    maximum, minimum = staticmethod(torch.maximum), staticmethod(torch.minimum)
-
-    @staticmethod
-    def argsort(x):
-        return torch.argsort(x, stable=True)
-
-    @staticmethod
-    def flatnonzero(mask):
-        return mask.nonzero().squeeze(1)
-
-    @staticmethod
-    def full(like, n, value, dtype=None):
-        return torch.full((n,), value, dtype=dtype or like.dtype, device=like.device)
+    return pos, 1.0 / math.sqrt(extent)
 
 
 class _SelectionState:
-    """The growing selected set and, for every token, its BSS ingredients against it.
+    """The growing selected set and, for every token, its BSS ingredients against it."""
 
-    Works on numpy arrays (CPU) or torch tensors (accelerators) through ``ops``: the
-    loop issues many small operations, and numpy's per-call cost is a few times lower
-    than torch's on the CPU.
-    """
-
-    def __init__(self, unit, pos, nf: float, spatial_lambda: float, capacity: int, ops):
+    def __init__(self, unit: torch.Tensor, pos: torch.Tensor, nf: float, spatial_lambda: float,
+                 capacity: int):
         """unit: (N, q') screened unit rows; pos: (N, 3) token positions."""
         n = unit.shape[0]
         # Column-major copies: updates reduce over a few new tokens along the outer axis.
-        self.unit, self.unit_t, self.pos_t = unit, ops.transposed(unit), ops.transposed(pos)
-        self.ops = ops
+        self.unit, self.unit_t, self.pos_t = unit, unit.T.contiguous(), pos.T.contiguous()
         self.scale = spatial_lambda * nf
-        self.max_sim = ops.full(unit, n, -math.inf)  # (N,) max_{j in Sel} S[i, j]
-        self.min_dist = ops.full(unit, n, math.inf)  # (N,) min_{j in Sel} dist[i, j]
-        self.selected = ops.full(unit, n, False, dtype=bool if ops is _Numpy else torch.bool)
-        self.order: list = []
+        self.max_sim = unit.new_full((n,), -math.inf)  # (N,) max_{j in Sel} S[i, j]
+        self.min_dist = unit.new_full((n,), math.inf)  # (N,) min_{j in Sel} dist[i, j]
+        self.selected = torch.zeros(n, dtype=torch.bool, device=unit.device)
+        self.order: list[torch.Tensor] = []
         self.count = 0
         self.capacity = capacity
 
-    def add(self, tokens) -> None:
+    def add(self, tokens: torch.Tensor) -> None:
         """Append ``tokens`` (in this order) to the selection and update every token."""
-        ops = self.ops
         sim = self.unit[tokens] @ self.unit_t  # (a, N)
         offset = self.pos_t[:, None, :] - self.pos_t[:, tokens, None]  # (3, a, N)
-        nearest = ops.colmin((offset * offset).sum(0)) ** 0.5  # (N,)
-        self.max_sim = ops.maximum(self.max_sim, ops.colmax(sim))
-        self.min_dist = ops.minimum(self.min_dist, nearest)
+        nearest = (offset * offset).sum(0).amin(dim=0).sqrt()  # (N,)
+        self.max_sim = torch.maximum(self.max_sim, sim.amax(dim=0))
+        self.min_dist = torch.minimum(self.min_dist, nearest)
         self.selected[tokens] = True
         self.order.append(tokens)
         self.count += len(tokens)
 
-    def bss(self, tokens):
-        """BSS score of ``tokens`` against the current selection."""
-        return (1.0 + self.scale * self.min_dist[tokens]) * self.max_sim[tokens]
+    def bss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """float64 BSS scores of ``tokens`` against the current selection (computed in
+        float32; float64 so that a comparison with tau uses tau's exact value)."""
+        return ((1.0 + self.scale * self.min_dist[tokens]) * self.max_sim[tokens]).double()
 
-    def ranked_candidates(self):
+    def ranked_candidates(self) -> torch.Tensor:
         """Unselected tokens by ascending BSS, ties by ascending index."""
-        candidates = self.ops.flatnonzero(~self.selected)
-        return candidates[self.ops.argsort(self.bss(candidates))]
-
-
-@functools.cache
-def _blas_controller() -> threadpoolctl.ThreadpoolController:
-    return threadpoolctl.ThreadpoolController()
-
-
-def _one_blas_thread():
-    """Context: numpy's BLAS on one thread. The rounds' products are small ((a, q') x
-    (q', N)); with a BLAS thread per core they wait on each other whenever the machine
-    is busy (a model running beside, other actors): 3.7 ms instead of 0.16 ms per
-    product measured on 2 loaded cores, 20x slower rounds."""
-    return _blas_controller().limit(limits=1, user_api="blas")
+        candidates = (~self.selected).nonzero().squeeze(1)
+        return candidates[torch.argsort(self.bss(candidates), stable=True)]
 
 
 def centrifugal_selection(unit: torch.Tensor, pos: torch.Tensor, nf: float, pivots: torch.Tensor,
                           num_retain: int, threshold: float, spatial_lambda: float,
                           token_batch: int) -> torch.Tensor:
     """Stage 2. Returns the R selected indices (R,) in the order they were selected."""
-    on_cpu = unit.device.type == "cpu"
-    ops = _Numpy if on_cpu else _Torch
-    arrays = [x.numpy() if on_cpu else x for x in (unit, pos, pivots)]
-    state = _SelectionState(arrays[0], arrays[1], nf, spatial_lambda, num_retain, ops)
-    with _one_blas_thread() if on_cpu else contextlib.nullcontext():
-        state.add(arrays[2])
-        tau = threshold
-        while state.count < num_retain:
-            _run_round(state, state.ranked_candidates(), tau, token_batch)
-            tau += TAU_STEP
-    order = [torch.from_numpy(x) if on_cpu else x for x in state.order]
-    return torch.cat(order).to(unit.device)
+    state = _SelectionState(unit, pos, nf, spatial_lambda, num_retain)
+    state.add(pivots)
+    tau = threshold
+    while state.count < num_retain:
+        _run_round(state, state.ranked_candidates(), tau, token_batch)
+        tau += TAU_STEP
+    return torch.cat(state.order)
 
 
 def _run_round(state: _SelectionState, ranked, tau: float, token_batch: int) -> None:
@@ -351,7 +266,7 @@ def _run_round(state: _SelectionState, ranked, tau: float, token_batch: int) -> 
     while start < len(ranked) and state.count < state.capacity:
         rest = ranked[start:]
         scores = state.bss(rest)
-        hits = state.ops.flatnonzero(scores < tau)
+        hits = (scores < tau).nonzero().squeeze(1)
         if len(hits) == 0:
             return
         batch_index = int(hits[0]) // token_batch
@@ -359,11 +274,11 @@ def _run_round(state: _SelectionState, ranked, tau: float, token_batch: int) -> 
             return  # the round's first batch accepted nothing: the round ends at once
         lo, hi = batch_index * token_batch, (batch_index + 1) * token_batch
         members, member_scores = rest[lo:hi], scores[lo:hi]
-        take = state.ops.flatnonzero(member_scores < tau)  # batch positions, ascending
+        take = (member_scores < tau).nonzero().squeeze(1)  # batch positions, ascending
         room = state.capacity - state.count
         if len(take) > room:
-            lowest = state.ops.argsort(member_scores)[:room]
-            take = lowest[state.ops.argsort(lowest)]  # back to batch order
+            lowest = torch.argsort(member_scores, stable=True)[:room]
+            take = torch.sort(lowest).values  # back to batch order
         state.add(members[take])
         start += hi
 

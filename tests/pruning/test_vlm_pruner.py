@@ -1,15 +1,25 @@
 """VLM-Pruner selection: hand-worked cases, the spec's properties, and agreement with a
-literal transcription of the spec (tests/reference/vlm_pruner_loop.py)."""
+literal transcription of the spec (tests/reference/vlm_pruner_loop.py).
+
+Both implementations run every behavioural test: ``select`` on CPU tensors takes the
+compiled path (vlm_pruner_cpu), ``select_torch`` the path CUDA takes."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from pruning.methods import vlm_pruner
+from pruning.methods import vlm_pruner, vlm_pruner_cpu
 from tests.reference.vlm_pruner_loop import select_loop
+
+
+@pytest.fixture(params=["cpu", "torch"])
+def select(request):
+    """vlm_pruner.select on the compiled CPU path, or on the torch path."""
+    return vlm_pruner.select if request.param == "cpu" else vlm_pruner.select_torch
 
 
 def angles(degrees: list[float]) -> torch.Tensor:
@@ -25,7 +35,7 @@ def fuse(h: torch.Tensor, target: int, members: list[int], deg: list[float], bet
     return beta * h[target] + (1 - beta) * agg
 
 
-def test_3x3_sequential_by_hand():
+def test_3x3_sequential_by_hand(select):
     """3x3 grid, one pivot, B = 1 (sequential greedy), lambda = 0.5, tau0 = 0.8, R = 4.
 
     Tokens (raster, (x, y) = (i % 3, i // 3)) carry 2-D unit hidden states at angles
@@ -57,14 +67,14 @@ def test_3x3_sequential_by_hand():
     h = angles(deg)
     keys = torch.full((9, 2), 0.1)
     keys[4] = 1.0
-    sel = vlm_pruner.select(h, keys, (1, 3, 3), 4, num_pivots=1, token_batch=1)
+    sel = select(h, keys, (1, 3, 3), 4, num_pivots=1, token_batch=1)
     assert sel.keep.tolist() == [2, 4, 6, 8]
     expected = torch.stack([fuse(h, 2, [7], deg), fuse(h, 4, [0], deg),
                             fuse(h, 6, [1, 3, 5], deg), h[8]])
     torch.testing.assert_close(sel.hidden_states, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_4x4_two_pivots_batched_truncation_by_hand():
+def test_4x4_two_pivots_batched_truncation_by_hand(select):
     """4x4 grid, two pivots from keys, B = 4, lambda = 0 (positions unused), R = 8.
 
     Keys k_i = (x_i, y_i): token 15 at (3, 3) has the largest L1 norm -> p0 = 15; the
@@ -89,11 +99,12 @@ def test_4x4_two_pivots_batched_truncation_by_hand():
     h = angles(deg)
     keys = torch.tensor([[i % 4, i // 4] for i in range(16)], dtype=torch.float32)
     assert vlm_pruner.pivot_tokens(keys, 2).tolist() == [15, 0]
+    assert vlm_pruner_cpu.pivot_tokens(keys.numpy(), 2).tolist() == [15, 0]
     expected_keep = [0, 1, 7, 8, 9, 10, 14, 15]
     expected = {0: fuse(h, 0, [3, 13], deg), 1: fuse(h, 1, [4, 11], deg),
                 14: fuse(h, 14, [5], deg), 15: fuse(h, 15, [2, 6, 12], deg)}
     for grid in [(1, 4, 4), (1, 2, 8), (4, 2, 2)]:  # lambda = 0: the grid does not matter
-        sel = vlm_pruner.select(h, keys, grid, 8, num_pivots=2, token_batch=4, spatial_lambda=0)
+        sel = select(h, keys, grid, 8, num_pivots=2, token_batch=4, spatial_lambda=0)
         assert sel.keep.tolist() == expected_keep
         want = torch.stack([expected.get(i, h[i]) for i in expected_keep])
         torch.testing.assert_close(sel.hidden_states, want, rtol=1e-5, atol=1e-6)
@@ -131,18 +142,18 @@ CASES = [
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("grid,r,params", CASES)
-def test_matches_literal_transcription(grid, r, params, seed):
+def test_matches_literal_transcription(grid, r, params, seed, select):
     h, k = structured(grid, seed=seed)
-    fast = vlm_pruner.select(h, k, grid, r, **params)
+    fast = select(h, k, grid, r, **params)
     keep, fused, _ = select_loop(h, k, grid, r, **params)
     assert fast.keep.tolist() == keep.tolist()
     torch.testing.assert_close(fast.hidden_states, fused, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("grid,r,params", CASES)
-def test_exactly_r_pivots_kept_sorted(grid, r, params):
+def test_exactly_r_pivots_kept_sorted(grid, r, params, select):
     h, k = structured(grid, seed=11)
-    sel = vlm_pruner.select(h, k, grid, r, **params)
+    sel = select(h, k, grid, r, **params)
     assert sel.keep.dtype == torch.long and sel.keep.numel() == r
     assert torch.equal(sel.keep, torch.sort(sel.keep).values)
     assert sel.keep.unique().numel() == r
@@ -184,18 +195,18 @@ def sequential_greedy(h, k, grid, r, lam=0.5, tau0=0.8, kappa=4, q=256):
 
 
 @pytest.mark.parametrize("grid,r", [((1, 6, 6), 9), ((1, 8, 8), 20), ((2, 5, 5), 12)])
-def test_batch_of_one_is_sequential_greedy(grid, r):
+def test_batch_of_one_is_sequential_greedy(grid, r, select):
     h, k = structured(grid, seed=3)
-    sel = vlm_pruner.select(h, k, grid, r, token_batch=1)
+    sel = select(h, k, grid, r, token_batch=1)
     assert sel.keep.tolist() == sequential_greedy(h, k, grid, r)
 
 
-def test_spatial_lambda_zero_ignores_positions():
+def test_spatial_lambda_zero_ignores_positions(select):
     h, k = structured((1, 12, 12), seed=5)
-    results = {tuple(vlm_pruner.select(h, k, g, 20, spatial_lambda=0).keep.tolist())
+    results = {tuple(select(h, k, g, 20, spatial_lambda=0).keep.tolist())
                for g in [(1, 12, 12), (1, 6, 24), (4, 6, 6), (1, 1, 144)]}
     assert len(results) == 1
-    with_space = vlm_pruner.select(h, k, (1, 12, 12), 20, spatial_lambda=5.0)
+    with_space = select(h, k, (1, 12, 12), 20, spatial_lambda=5.0)
     assert tuple(with_space.keep.tolist()) not in results  # the term does act when > 0
 
 
@@ -204,25 +215,25 @@ def test_spatial_lambda_zero_ignores_positions():
     lambda n: torch.zeros(n, 32),                   # all zero: cosine 0
     lambda n: torch.randn(2, 32).repeat(n // 2, 1),  # two distinct vectors, duplicated
 ])
-def test_degenerate_inputs_give_r_tokens_without_nan(make):
+def test_degenerate_inputs_give_r_tokens_without_nan(make, select):
     h = make(64)
-    sel = vlm_pruner.select(h, h.clone(), (1, 8, 8), 10)
+    sel = select(h, h.clone(), (1, 8, 8), 10)
     assert sel.keep.unique().numel() == 10
     assert torch.isfinite(sel.hidden_states).all()
 
 
-def test_keeping_everything_changes_nothing():
+def test_keeping_everything_changes_nothing(select):
     h, k = structured((1, 6, 6))
     for r in (36, 100):
-        sel = vlm_pruner.select(h, k, (1, 6, 6), r)
+        sel = select(h, k, (1, 6, 6), r)
         assert sel.keep.tolist() == list(range(36))
         assert torch.equal(sel.hidden_states, h)
 
 
-def test_deterministic_and_dtype_preserved():
+def test_deterministic_and_dtype_preserved(select):
     h, k = structured((2, 6, 6), seed=9)
-    a = vlm_pruner.select(h.bfloat16(), k.bfloat16(), (2, 6, 6), 12)
-    b = vlm_pruner.select(h.bfloat16(), k.bfloat16(), (2, 6, 6), 12)
+    a = select(h.bfloat16(), k.bfloat16(), (2, 6, 6), 12)
+    b = select(h.bfloat16(), k.bfloat16(), (2, 6, 6), 12)
     assert torch.equal(a.keep, b.keep) and torch.equal(a.hidden_states, b.hidden_states)
     assert a.hidden_states.dtype == torch.bfloat16
 
@@ -230,18 +241,18 @@ def test_deterministic_and_dtype_preserved():
 def test_video_positions_and_normaliser():
     """grid (2, 2, 3), temporal_scale 2: token 7 is frame 1, row 0, column 1 -> (2, 0, 1);
     nf = 1/sqrt(T^2 + H^2 + W^2) = 1/sqrt(17); a single frame uses 1/sqrt(H^2 + W^2)."""
-    pos, nf = vlm_pruner.token_positions((2, 2, 3), 2.0, torch.device("cpu"))
+    pos, nf = vlm_pruner.token_positions((2, 2, 3), 2.0)
     assert pos[7].tolist() == [2.0, 0.0, 1.0]
     assert pos[5].tolist() == [0.0, 1.0, 2.0]
     assert nf == pytest.approx(1 / math.sqrt(17))
-    assert vlm_pruner.token_positions((1, 2, 3), 2.0, torch.device("cpu"))[1] == pytest.approx(
+    assert vlm_pruner.token_positions((1, 2, 3), 2.0)[1] == pytest.approx(
         1 / math.sqrt(13))
 
 
-def test_temporal_scale_changes_video_selection():
+def test_temporal_scale_changes_video_selection(select):
     h, k = structured((4, 6, 6), seed=4)
-    near = vlm_pruner.select(h, k, (4, 6, 6), 24, temporal_scale=0.0)
-    far = vlm_pruner.select(h, k, (4, 6, 6), 24, temporal_scale=8.0)
+    near = select(h, k, (4, 6, 6), 24, temporal_scale=0.0)
+    far = select(h, k, (4, 6, 6), 24, temporal_scale=8.0)
     assert near.keep.tolist() != far.keep.tolist()
 
 
@@ -262,22 +273,65 @@ def test_temporal_scale_changes_video_selection():
     ({"hidden_states": torch.zeros(36)}, "hidden_states"),
     ({"hidden_states": torch.full((36, 8), float("nan"))}, "hidden_states"),
 ])
-def test_bad_arguments_name_the_argument(kwargs, name):
+def test_bad_arguments_name_the_argument(kwargs, name, select):
     args = {"hidden_states": torch.randn(36, 8), "key_states": torch.randn(36, 8),
             "grid": (1, 6, 6), "num_retain": 4} | kwargs
     with pytest.raises(ValueError, match=name):
-        vlm_pruner.select(**args)
+        select(**args)
 
 
-def test_the_rounds_hold_numpy_blas_to_one_thread_and_restore_it():
-    """numpy's BLAS pool is sized to the machine; on busy cores its threads wait on each
-    other (20x slower rounds measured), so the CPU rounds run it on one thread."""
-    import threadpoolctl
+def brute_force_pivots(keys: np.ndarray, count: int) -> list[int]:
+    """Farthest-point sampling in float64 with every distance computed."""
+    k = keys.astype(np.float64)
+    pivots = [int(np.argmax(np.abs(k).sum(1)))]
+    while len(pivots) < count:
+        nearest = np.min([((k - k[p]) ** 2).sum(1) for p in pivots], axis=0)
+        nearest[pivots] = -1
+        pivots.append(int(np.argmax(nearest)))
+    return pivots
 
-    def blas_threads():
-        return [i["num_threads"] for i in threadpoolctl.ThreadpoolController().select(user_api="blas").info()]
 
-    before = blas_threads()
-    with vlm_pruner._one_blas_thread():
-        assert blas_threads() and set(blas_threads()) == {1}
-    assert blas_threads() == before
+@pytest.mark.parametrize("seed", range(8))
+def test_lazy_farthest_point_sampling_is_exact(seed):
+    """The compiled stage 1 measures most tokens against few pivots; it must still pick
+    what measuring everything picks, including among duplicated keys."""
+    rng = np.random.default_rng(seed)
+    keys = rng.standard_normal((200, 24)).astype(np.float32) * rng.uniform(0.1, 3, 24)
+    keys[50:60] = keys[7]  # duplicates: distinct pivots, lowest index on ties
+    for count in (1, 2, 4, 9, 30):
+        got = vlm_pruner_cpu.pivot_tokens(keys, count).tolist()
+        assert got == brute_force_pivots(keys, count)
+        assert got == vlm_pruner.pivot_tokens(torch.from_numpy(keys), count).tolist()
+    same = np.ones((12, 5), np.float32)
+    assert vlm_pruner_cpu.pivot_tokens(same, 4).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 31, 32, 33, 35, 67, 577])
+def test_channel_variances_one_pass_match_float64(n):
+    """Blocks of 32 rows taken four at a time: every remainder shape, and channels whose
+    offset dwarfs their spread (where a float32 sum of squares would cancel)."""
+    rng = np.random.default_rng(n)
+    spread, offset = rng.uniform(0.01, 5, 70), rng.uniform(-300, 300, 70)
+    hidden = (rng.standard_normal((n, 70)) * spread + offset).astype(np.float32)
+    want = np.var(hidden.astype(np.float64), axis=0, ddof=1)
+    np.testing.assert_allclose(vlm_pruner_cpu.channel_variances(hidden), want, rtol=1e-5)
+
+
+def test_top_channels_rank_ties_to_the_lower_channel():
+    variance = np.array([1.0, 3.0, 2.0, 3.0, 2.0, 2.0, 0.5])
+    top = vlm_pruner_cpu._top_channels
+    assert top(variance, 2).tolist() == [1, 3]
+    assert top(variance, 3).tolist() == [1, 2, 3]  # 2 wins the tie among 2, 4, 5
+    assert top(variance, 5).tolist() == [1, 2, 3, 4, 5]
+    assert top(variance, 9).tolist() == list(range(7))
+    assert top(np.zeros(6), 4).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("grid,r,params", CASES)
+def test_cpu_and_torch_paths_agree(grid, r, params, seed):
+    h, k = structured(grid, dim=96, key_dim=40, seed=100 + seed)
+    cpu = vlm_pruner.select(h, k, grid, r, **params)
+    other = vlm_pruner.select_torch(h, k, grid, r, **params)
+    assert cpu.keep.tolist() == other.keep.tolist()
+    torch.testing.assert_close(cpu.hidden_states, other.hidden_states, rtol=1e-4, atol=1e-5)
