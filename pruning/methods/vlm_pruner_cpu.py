@@ -27,6 +27,42 @@ _jit = functools.partial(numba.njit, cache=True, nogil=True,
 
 
 @_jit
+def _stable_argsort(keys):
+    """Indices that sort ``keys`` ascending, equal keys in index order (a bottom-up merge
+    sort; numba's own ``kind="mergesort"`` takes it several seconds longer to compile)."""
+    n = keys.shape[0]
+    index, other = np.arange(n), np.empty(n, np.int64)
+    width = 1
+    while width < n:
+        for lo in range(0, n, 2 * width):
+            mid, hi = min(lo + width, n), min(lo + 2 * width, n)
+            i, j = lo, mid
+            for k in range(lo, hi):
+                if i < mid and (j >= hi or keys[index[i]] <= keys[index[j]]):
+                    other[k] = index[i]
+                    i += 1
+                else:
+                    other[k] = index[j]
+                    j += 1
+        index, other = other, index
+        width *= 2
+    return index
+
+
+@_jit
+def _descending_from_last(values):
+    """Indices by descending value, equal values from the highest index down."""
+    n = values.shape[0]
+    flipped = np.empty(n, values.dtype)
+    for i in range(n):
+        flipped[i] = -values[n - 1 - i]
+    order = _stable_argsort(flipped)
+    for i in range(n):
+        order[i] = n - 1 - order[i]
+    return order
+
+
+@_jit
 def _squared_distance(keys, i, j):
     """||k_i - k_j||^2. Every distance of stage 1 goes through this one loop, so equal
     inputs give bit-equal distances wherever they are measured."""
@@ -73,7 +109,7 @@ def pivot_tokens(keys, count):
         # Descending bound; equal bounds (all infinite in the first step) from the last
         # token back, so the first step starts with the rows the L1 pass read last,
         # still in cache. The visiting order among equal bounds changes no result.
-        for i in n - 1 - np.argsort(-bound[::-1], kind="mergesort"):
+        for i in _descending_from_last(bound):
             if taken[i]:
                 continue
             if bound[i] < best:
@@ -148,14 +184,44 @@ def channel_variances(hidden):
 
 
 @_jit
+def _kth_largest(values, k):
+    """The k-th largest (k >= 1) of ``values`` (not modified): quickselect on a copy
+    (numpy's partition works too but takes numba ~10 s to compile)."""
+    work = values.copy()
+    lo, hi, target = 0, work.shape[0] - 1, k - 1  # position of the answer, descending
+    while lo < hi:
+        pivot = work[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:  # Hoare partition, descending: >= pivot left, <= pivot right
+            while work[i] > pivot:
+                i += 1
+            while work[j] < pivot:
+                j -= 1
+            if i <= j:
+                work[i], work[j] = work[j], work[i]
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    return work[target]
+
+
+@_jit
 def _top_channels(variance, count):
     """Indices of the ``count`` largest variances, ties to the lower channel, ascending
-    (one partition instead of a sort; ascending order does not change any cosine)."""
+    (one selection instead of a sort; ascending order does not change any cosine)."""
     d = variance.shape[0]
     if count >= d:
         return np.arange(d)
-    cut = -np.partition(-variance, count - 1)[count - 1]  # the count-th largest value
-    ties = count - np.sum(variance > cut)  # how many channels equal to cut are taken
+    cut = _kth_largest(variance, count)
+    ties = count  # how many channels equal to cut are taken: count minus those above
+    for c in range(d):
+        if variance[c] > cut:
+            ties -= 1
     channels = np.empty(count, np.int64)
     k = 0
     for c in range(d):
@@ -211,17 +277,22 @@ def _fold(token, row, pos, selected, max_sim, min_dist):
             min_dist[i] = dist
 
 
-@_jit
-def _similarity_rows(unit, tokens, rows, selected):
-    """rows[k, i] = S[i, tokens[k]] for four tokens, 0 where ``selected[i]``.
+# Rows of the unit matrix per block of _add_tokens: 128 x 256 floats (128 KiB) stay in L2
+# while every group of four new tokens is scored against them.
+_SIMILARITY_BLOCK_ROWS = 128
 
-    Two rows by four tokens at a time, eight running sums sharing every load. Every dot
+
+@_jit
+def _similarity_rows(unit, tokens, rows, lo, hi):
+    """rows[k, i] = S[i, tokens[k]] for the four ``tokens`` and i in [lo, hi), lo even.
+
+    Two rows by four tokens at a time: eight running sums share every load. Every dot
     product runs through this one loop (a short group repeats a token, an odd last row
     repeats itself), so it rounds the same wherever its token and row fall.
     """
     n, q = unit.shape
     u0, u1, u2, u3 = unit[tokens[0]], unit[tokens[1]], unit[tokens[2]], unit[tokens[3]]
-    for i in range(0, n, 2):
+    for i in range(lo, hi, 2):
         x, y = unit[i], unit[min(i + 1, n - 1)]
         a0, a1, a2, a3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
         b0, b1, b2, b3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
@@ -238,28 +309,33 @@ def _similarity_rows(unit, tokens, rows, selected):
         rows[0, i], rows[1, i], rows[2, i], rows[3, i] = a0, a1, a2, a3
         if i + 1 < n:
             rows[0, i + 1], rows[1, i + 1], rows[2, i + 1], rows[3, i + 1] = b0, b1, b2, b3
-    for i in range(n):
-        if selected[i]:
-            rows[:, i] = 0.0
 
 
 @_jit
 def _add_tokens(lo, hi, order, unit, pos, selected, sim_cols, max_sim, min_dist):
     """Add order[lo:hi] to the selection: record S[i, order[j]] in sim_cols[j, i] for
     every unselected i (others are never read again: 0) and fold it into the running
-    max / min. (Plain loops: a BLAS call per accepted batch, mostly 1-8 tokens, costs
-    more in packing the (q', N) operand than it saves.)"""
+    max / min. Rows go in blocks that stay in cache while each group of four tokens is
+    scored against them. (Plain loops: a BLAS call per accepted batch, mostly 1-8
+    tokens, costs more in packing the (q', N) operand than it saves.)"""
     n = unit.shape[0]
-    selected[order[lo:hi]] = True
-    rows = np.empty((4, n), np.float32)
-    tokens = np.empty(4, np.int64)
-    for j in range(lo, hi, 4):
+    for j in range(lo, hi):
+        selected[order[j]] = True
+    groups = (hi - lo + 3) // 4
+    tokens = np.empty((groups, 4), np.int64)
+    for g in range(groups):
         for k in range(4):
-            tokens[k] = order[min(j + k, hi - 1)]
-        _similarity_rows(unit, tokens, rows, selected)
-        for k in range(min(4, hi - j)):
-            sim_cols[j + k] = rows[k]
-            _fold(tokens[k], rows[k], pos, selected, max_sim, min_dist)
+            tokens[g, k] = order[min(lo + 4 * g + k, hi - 1)]
+    rows = np.empty((4 * groups, n), np.float32)  # rows 4g .. 4g+3: group g
+    for start in range(0, n, _SIMILARITY_BLOCK_ROWS):
+        stop = min(start + _SIMILARITY_BLOCK_ROWS, n)
+        for g in range(groups):
+            _similarity_rows(unit, tokens[g], rows[4 * g:4 * g + 4], start, stop)
+    for j in range(lo, hi):
+        row, scored = sim_cols[j], rows[j - lo]
+        for i in range(n):
+            row[i] = 0.0 if selected[i] else scored[i]
+        _fold(order[j], row, pos, selected, max_sim, min_dist)
 
 
 @_jit
@@ -280,39 +356,42 @@ def centrifugal_selection(unit, pos, nf, pivots, num_retain, threshold, spatial_
     order = np.empty(num_retain, np.int64)
     sim_cols = np.empty((num_retain, n), np.float32)
     count = pivots.shape[0]
-    order[:count] = pivots
+    for j in range(count):
+        order[j] = pivots[j]
     _add_tokens(0, count, order, unit, pos, selected, sim_cols, max_sim, min_dist)
 
+    candidates, ranked = np.empty(n, np.int64), np.empty(n, np.int64)
     scores = np.empty(n, np.float32)
     batch = np.empty(token_batch, np.float32)
+    take = np.empty(token_batch, np.bool_)
     tau = threshold
     while count < num_retain:
-        candidates = np.flatnonzero(~selected)  # ascending: ties keep index order
-        for m in range(candidates.shape[0]):
-            i = candidates[m]
-            scores[m] = (one + scale * min_dist[i]) * max_sim[i]
-        ranked = candidates[np.argsort(scores[:candidates.shape[0]], kind="mergesort")]
-        for start in range(0, ranked.shape[0], token_batch):
-            members = ranked[start:start + token_batch]
-            size = members.shape[0]
+        size = 0
+        for i in range(n):  # ascending: ties keep index order
+            if not selected[i]:
+                candidates[size] = i
+                scores[size] = (one + scale * min_dist[i]) * max_sim[i]
+                size += 1
+        by_score = _stable_argsort(scores[:size])
+        for m in range(size):
+            ranked[m] = candidates[by_score[m]]
+        for start in range(0, size, token_batch):
+            members = ranked[start:min(start + token_batch, size)]
             accepted = 0
-            for m in range(size):  # scored against Sel as it was before this batch
-                i = members[m]
-                batch[m] = (one + scale * min_dist[i]) * max_sim[i]
-                if batch[m] < tau:
-                    accepted += 1
+            for m in range(members.shape[0]):  # scored against Sel as it was before this batch
+                batch[m] = (one + scale * min_dist[members[m]]) * max_sim[members[m]]
+                take[m] = batch[m] < tau
+                accepted += take[m]
             if accepted > num_retain - count:
-                # The room's lowest scores (stable: earlier member first), in batch order.
-                lowest = np.sort(np.argsort(batch[:size], kind="mergesort")[:num_retain - count])
-                for m in lowest:
+                # Only the room's lowest scores (stable: earlier member first).
+                take[:] = False
+                for m in _stable_argsort(batch[:members.shape[0]])[:num_retain - count]:
+                    take[m] = True
+                accepted = num_retain - count
+            for m in range(members.shape[0]):  # in batch order
+                if take[m]:
                     order[count] = members[m]
                     count += 1
-                accepted = lowest.shape[0]
-            else:
-                for m in range(size):
-                    if batch[m] < tau:
-                        order[count] = members[m]
-                        count += 1
             _add_tokens(count - accepted, count, order, unit, pos, selected, sim_cols, max_sim,
                         min_dist)
             if count == num_retain or (start == 0 and accepted == 0):
@@ -334,7 +413,8 @@ def similarity_weighted_aggregation(hidden, order, sim_cols, merge_weight, min_w
     n, d = hidden.shape
     r = order.shape[0]
     retained = np.zeros(n, np.bool_)
-    retained[order] = True
+    for j in range(r):
+        retained[order[j]] = True
     weight = np.full(n, -np.inf, np.float32)  # w_i = S[i, a(i)]
     target = np.zeros(n, np.int64)  # a(i) as a slot of ``order``
     for j in range(r):
@@ -349,23 +429,35 @@ def similarity_weighted_aggregation(hidden, order, sim_cols, merge_weight, min_w
             weight_sum[target[i]] += weight[i]
             sizes[target[i] + 1] += 1
     # The discarded tokens of each slot, ascending (a counting sort by slot).
-    start = np.cumsum(sizes)
-    fill = start[:r].copy()
+    start = sizes  # prefix sums in place: start[j] .. start[j + 1] are slot j's members
+    for j in range(r):
+        start[j + 1] += start[j]
+    fill = np.empty(r, np.int64)  # next free position of each slot
+    for j in range(r):
+        fill[j] = start[j]
     members = np.empty(start[r], np.int64)
     for i in range(n):
         if not retained[i]:
             members[fill[target[i]]] = i
             fill[target[i]] += 1
 
-    rank = np.argsort(order)
-    keep = order[rank]
+    slot_of = np.empty(n, np.int64)
+    for j in range(r):
+        slot_of[order[j]] = j
+    keep, rank = np.empty(r, np.int64), np.empty(r, np.int64)  # rank[k]: slot of keep[k]
+    k = 0
+    for i in range(n):
+        if retained[i]:
+            keep[k], rank[k] = i, slot_of[i]
+            k += 1
     fused = np.empty((r, d), np.float32)
     beta = np.float32(merge_weight)
     agg = np.empty(d, np.float32)
     for k in range(r):
         j, h, out = rank[k], hidden[keep[k]], fused[k]
         if not weight_sum[j] > 0:  # no member, or W_j <= 0: unchanged
-            out[:] = h
+            for c in range(d):
+                out[c] = h[c]
             continue
         scale = np.float32(1.0) / max(weight_sum[j], np.float32(min_weight_sum))
         lo, hi = start[j], start[j + 1]
