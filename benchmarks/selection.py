@@ -1,18 +1,21 @@
 """Time VLM-Pruner's selection against a literal one-batch-at-a-time transcription.
 
-Both run on the same inputs, side by side, and must select the same tokens. Inputs
-are built like a VLM's layer-1 outputs: a large shared offset, a spatially smooth
-low-rank part and noise, so tokens are alike (mean screened cosine ~0.7, printed) and
-neighbours more so.
+Both run on the same inputs, interleaved (each loop run follows its share of fast
+runs, so load from elsewhere hits both alike), and must select the same tokens. On the
+CPU the fast path is the compiled one (pruning/methods/vlm_pruner_cpu.py; the first
+call compiles it, or loads numba's on-disk cache). Inputs are built like a VLM's
+layer-1 outputs: a large shared offset, a spatially smooth low-rank part and noise, so
+tokens are alike (mean screened cosine ~0.7, printed) and neighbours more so.
 
-    python benchmarks/selection.py                       # CPU, all sizes
+    python benchmarks/selection.py --threads 1           # CPU, all sizes
     python benchmarks/selection.py --sizes 576 1296 --dims 4096
-    python benchmarks/selection.py --device cuda         # fast path on the GPU as well
+    python benchmarks/selection.py --device cuda         # the torch path on the GPU as well
 
 Prints one row per (N, D): median milliseconds of the whole ``select`` for each
 implementation and their ratio (literal / fast), then the same for stage 2 alone (the
 rounds of parallel greedy, given the same pivots; the literal loop also gets its N x N
-similarity and distance matrices precomputed for free).
+similarity and distance matrices precomputed for free). The literal loop is skipped
+above --skip-loop-above tokens (N x N matrices; seconds per call).
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ def timed(fn, repeats, device):
     return statistics.median(times) * 1e3, out
 
 
+def timed_side_by_side(fast, loop, repeats, loop_repeats):
+    """Median ms of ``fast`` and ``loop`` (CPU), interleaved: each loop run follows its
+    share of fast runs, so a change in the machine's load hits both alike."""
+    fast_times, loop_times, fast_out, loop_out = [], [], None, None
+    per_loop = math.ceil(repeats / loop_repeats)
+    for _ in range(loop_repeats):
+        for _ in range(per_loop):
+            start = time.perf_counter()
+            fast_out = fast()
+            fast_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        loop_out = loop()
+        loop_times.append(time.perf_counter() - start)
+    return (statistics.median(fast_times) * 1e3, fast_out,
+            statistics.median(loop_times) * 1e3, loop_out)
 
 
 def main(argv=None):
@@ -69,9 +87,9 @@ def main(argv=None):
     parser.add_argument("--dims", type=int, nargs="+", default=list(KEY_DIMS), choices=list(KEY_DIMS),
                         help="hidden sizes D (default: 3584 4096)")
     parser.add_argument("--pruning-rate", type=float, default=0.889)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the fast path")
-    parser.add_argument("--loop-repeats", type=int, default=3, help="timed repeats of the literal loop")
-    parser.add_argument("--skip-loop-above", type=int, default=16384,
+    parser.add_argument("--repeats", type=int, default=21, help="timed repeats of the fast path")
+    parser.add_argument("--loop-repeats", type=int, default=7, help="timed repeats of the literal loop")
+    parser.add_argument("--skip-loop-above", type=int, default=4096,
                         help="do not run the literal loop for N above this (it is slow)")
     parser.add_argument("--device", default="cpu", help="device for an extra column of the fast path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -98,28 +116,36 @@ def main(argv=None):
             pos, nf = vlm_pruner.token_positions(grid, 1.0)
             mean_cos = float((unit.mean(0) @ unit.mean(0)) * n / (n - 1) - 1 / (n - 1))
             vlm_pruner.select(hidden, keys, grid, r)  # warm-up (and compilation)
-            fast_ms, fast = timed(lambda: vlm_pruner.select(hidden, keys, grid, r), args.repeats, cpu)
-            rounds_ms, _ = timed(lambda: vlm_pruner_cpu.centrifugal_selection(
-                unit, pos, nf, pivots, r, 0.8, 0.5, 16, vlm_pruner.TAU_STEP), args.repeats, cpu)
-            row = f"{n:>6} {dim:>5} {r:>5} {mean_cos:>5.2f} | {fast_ms:>8.2f}"
+
+            def fast():
+                return vlm_pruner.select(hidden, keys, grid, r)
+
+            def fast_rounds():
+                return vlm_pruner_cpu.centrifugal_selection(unit, pos, nf, pivots, r, 0.8, 0.5, 16,
+                                                            vlm_pruner.TAU_STEP)
+
+            row = f"{n:>6} {dim:>5} {r:>5} {mean_cos:>5.2f} |"
             if n <= args.skip_loop_above:
-                loop_ms, (keep, _, _) = timed(lambda: select_loop(hidden, keys, grid, r),
-                                              args.loop_repeats, cpu)
                 unit_t, pos_t = torch.from_numpy(unit), torch.tensor(pos)
                 sim, dist = unit_t @ unit_t.T, torch.cdist(pos_t, pos_t)
-                loop_rounds_ms, _ = timed(lambda: rounds_loop(sim, dist, nf, pivots.tolist(), r),
-                                          args.loop_repeats, cpu)
-                same = torch.equal(fast.keep, keep)
-                row += (f" {loop_ms:>8.1f} {loop_ms / fast_ms:>5.1f}x {str(same):>5} |"
+                fast_ms, fast_sel, loop_ms, (keep, _, _) = timed_side_by_side(
+                    fast, lambda: select_loop(hidden, keys, grid, r), args.repeats, args.loop_repeats)
+                rounds_ms, _, loop_rounds_ms, _ = timed_side_by_side(
+                    fast_rounds, lambda: rounds_loop(sim, dist, nf, pivots.tolist(), r),
+                    args.repeats, args.loop_repeats)
+                same = torch.equal(fast_sel.keep, keep)
+                row += (f" {fast_ms:>8.2f} {loop_ms:>8.1f} {loop_ms / fast_ms:>5.1f}x {str(same):>5} |"
                         f" {rounds_ms:>12.2f} {loop_rounds_ms:>8.1f} {loop_rounds_ms / rounds_ms:>5.1f}x")
             else:
-                row += f" {'-':>8} {'-':>6} {'-':>5} | {rounds_ms:>12.2f} {'-':>8} {'-':>6}"
+                fast_ms, fast_sel = timed(fast, args.repeats, cpu)
+                rounds_ms, _ = timed(fast_rounds, args.repeats, cpu)
+                row += f" {fast_ms:>8.2f} {'-':>8} {'-':>6} {'-':>5} | {rounds_ms:>12.2f} {'-':>8} {'-':>6}"
             if device.type != "cpu":
                 hd, kd = hidden.to(device), keys.to(device)
                 vlm_pruner.select(hd, kd, grid, r)
                 dev_ms, dev = timed(lambda: vlm_pruner.select(hd, kd, grid, r), args.repeats, device)
                 row += f" | {dev_ms:>8.2f}"
-                if not torch.equal(dev.keep.cpu(), fast.keep):
+                if not torch.equal(dev.keep.cpu(), fast_sel.keep):
                     row += " (selection differs from CPU)"
             print(row, flush=True)
 
