@@ -29,6 +29,7 @@ from PIL import Image
 import pruning
 from pipeline.models import load_model
 from pruning import PruningConfig
+from pruning.methods import vlm_pruner
 
 VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
 
@@ -110,6 +111,8 @@ class Generator:
         if self.family in VIDEO_FAMILIES:
             frames = np.full((4, 64, 64, 3), 128, np.uint8)
             self.run([Request("Describe the video.", frames=frames, max_new_tokens=2)], PruningConfig.none())
+        if self.device.type == "cpu":
+            vlm_pruner.warm_up()  # its compiled kernels: compiled or loaded from disk once here
 
     def check(self, request: Request) -> Optional[str]:
         """Why this model cannot take ``request``, or None."""

@@ -144,6 +144,7 @@ class ChatServer:
         device = config.device or ("cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         self.generator = Generator(config.model, device=device, dtype=config.dtype)
         self.default_pruning = config.default_pruning().check_against(self.generator.model.config)
+        self.generator.warm_up()  # one-off first-call costs before the first request, not in it
         self.limits = config.limits()
         # Every image as base64 plus room for text: a bigger body is refused unread.
         self.max_body_bytes = max(self.limits.max_images, 1) * self.limits.max_image_bytes * 4 // 3 + 2**20

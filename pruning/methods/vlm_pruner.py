@@ -111,6 +111,14 @@ def select_torch(hidden_states: torch.Tensor, key_states: torch.Tensor, grid: tu
                     torch_only=True)
 
 
+def warm_up() -> None:
+    """Run the CPU path once on a tiny span, so that its kernels are compiled (first run
+    in an environment, ~16 s) or loaded from numba's disk cache (~0.5 s) here rather than
+    inside the first timed selection."""
+    g = torch.Generator().manual_seed(0)
+    select(torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g), (1, 4, 4), 4)
+
+
 def _checked(hidden_states, key_states, grid, num_retain, *params, torch_only=False) -> Selection:
     """Check the arguments, keep everything when R >= N, else run the CPU or torch path."""
     n, grid = _check(hidden_states, key_states, grid, num_retain, *params)

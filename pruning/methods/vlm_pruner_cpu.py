@@ -163,7 +163,8 @@ def channel_variances(hidden):
         for i in range(lo, quads, 4):
             a, b, e, g = hidden[i], hidden[i + 1], hidden[i + 2], hidden[i + 3]
             for c in range(d):
-                x0, x1, x2, x3 = a[c] - center[c], b[c] - center[c], e[c] - center[c], g[c] - center[c]
+                m = center[c]
+                x0, x1, x2, x3 = a[c] - m, b[c] - m, e[c] - m, g[c] - m
                 first[c] += (x0 + x1) + (x2 + x3)
                 second[c] += (x0 * x0 + x1 * x1) + (x2 * x2 + x3 * x3)
         for i in range(quads, hi):
@@ -465,7 +466,8 @@ def similarity_weighted_aggregation(hidden, order, sim_cols, merge_weight, min_w
         agg[:] = 0.0
         for m in range(lo, quads, 4):
             i0, i1, i2, i3 = members[m], members[m + 1], members[m + 2], members[m + 3]
-            w0, w1, w2, w3 = weight[i0] * scale, weight[i1] * scale, weight[i2] * scale, weight[i3] * scale
+            w0, w1 = weight[i0] * scale, weight[i1] * scale
+            w2, w3 = weight[i2] * scale, weight[i3] * scale
             a0, a1, a2, a3 = hidden[i0], hidden[i1], hidden[i2], hidden[i3]
             for c in range(d):
                 agg[c] += (w0 * a0[c] + w1 * a1[c]) + (w2 * a2[c] + w3 * a3[c])
