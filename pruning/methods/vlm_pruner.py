@@ -13,8 +13,9 @@ Follows ../shared/spec/vlm-pruner.md exactly. Three stages on one visual span:
 
 Two implementations with the same results. On the CPU, ``vlm_pruner_cpu`` runs the
 stages as compiled loops (numba): a selection is then a few memory-bound passes over
-the inputs. Elsewhere (CUDA), ``select_torch`` keeps everything on the device: the
-greedy is inherently sequential over batches, but only batches that accept something
+the inputs. Elsewhere (CUDA) the torch path keeps everything on the device
+(``select_torch`` forces it on any device, for tests and benchmarks): the greedy is
+inherently sequential over batches, but only batches that accept something
 change the state, so each step scores *all* remaining candidates of the round against
 the current selection in one vectorised pass, jumps straight to the first batch that
 accepts anything, and updates the running ``max S`` / ``min dist`` of every token with
