@@ -262,20 +262,16 @@ def screened_unit_vectors(hidden, top_channels):
 
 
 @_jit
-def _fold(token, row, pos, selected, max_sim, min_dist):
-    """Fold S[:, token] (``row``) and the grid distances to ``token`` into the running max
-    similarity / min distance of every unselected token."""
+def _fold(token, row, pos, max_sim, min_sq_dist):
+    """Fold S[:, token] (``row``) and the squared grid distances to ``token`` into every
+    token's running max similarity / min squared distance (branch-free, so it
+    vectorises; values of selected tokens are never read again)."""
     for i in range(row.shape[0]):
-        if selected[i]:
-            continue
-        if row[i] > max_sim[i]:
-            max_sim[i] = row[i]
+        max_sim[i] = max(max_sim[i], row[i])
         dt = pos[i, 0] - pos[token, 0]
         dy = pos[i, 1] - pos[token, 1]
         dx = pos[i, 2] - pos[token, 2]
-        dist = np.sqrt(dt * dt + dy * dy + dx * dx)
-        if dist < min_dist[i]:
-            min_dist[i] = dist
+        min_sq_dist[i] = min(min_sq_dist[i], dt * dt + dy * dy + dx * dx)
 
 
 # Rows of the unit matrix per block of _add_tokens: 128 x 256 floats (128 KiB) stay in L2
@@ -313,10 +309,9 @@ def _similarity_rows(unit, tokens, rows, lo, hi):
 
 
 @_jit
-def _add_tokens(lo, hi, order, unit, pos, selected, sim_cols, max_sim, min_dist):
-    """Add order[lo:hi] to the selection: record S[i, order[j]] in sim_cols[j, i] for
-    every unselected i (others are never read again: 0) and fold it into the running
-    max / min. Rows go in blocks that stay in cache while each group of four tokens is
+def _add_tokens(lo, hi, order, unit, pos, selected, sim_cols, max_sim, min_sq_dist):
+    """Add order[lo:hi] to the selection: record S[i, order[j]] in sim_cols[j, i] and
+    fold it into the running max / min. Rows go in blocks that stay in cache while each group of four tokens is
     scored against them. (Plain loops: a BLAS call per accepted batch, mostly 1-8
     tokens, costs more in packing the (q', N) operand than it saves.)"""
     n = unit.shape[0]
@@ -327,16 +322,19 @@ def _add_tokens(lo, hi, order, unit, pos, selected, sim_cols, max_sim, min_dist)
     for g in range(groups):
         for k in range(4):
             tokens[g, k] = order[min(lo + 4 * g + k, hi - 1)]
-    rows = np.empty((4 * groups, n), np.float32)  # rows 4g .. 4g+3: group g
+    spare = np.empty((4, n), np.float32)  # the last group's rows when it is short
     for start in range(0, n, _SIMILARITY_BLOCK_ROWS):
         stop = min(start + _SIMILARITY_BLOCK_ROWS, n)
         for g in range(groups):
-            _similarity_rows(unit, tokens[g], rows[4 * g:4 * g + 4], start, stop)
+            first = lo + 4 * g
+            rows = sim_cols[first:first + 4] if first + 4 <= hi else spare
+            _similarity_rows(unit, tokens[g], rows, start, stop)
+    if (hi - lo) % 4:
+        first = lo + 4 * (groups - 1)
+        for k in range(hi - first):
+            sim_cols[first + k] = spare[k]
     for j in range(lo, hi):
-        row, scored = sim_cols[j], rows[j - lo]
-        for i in range(n):
-            row[i] = 0.0 if selected[i] else scored[i]
-        _fold(order[j], row, pos, selected, max_sim, min_dist)
+        _fold(order[j], sim_cols[j], pos, max_sim, min_sq_dist)
 
 
 @_jit
@@ -352,14 +350,14 @@ def centrifugal_selection(unit, pos, nf, pivots, num_retain, threshold, spatial_
     n = unit.shape[0]
     one, scale = np.float32(1.0), np.float32(spatial_lambda * nf)
     max_sim = np.full(n, -np.inf, np.float32)
-    min_dist = np.full(n, np.inf, np.float32)
+    min_sq_dist = np.full(n, np.inf, np.float32)  # d_i = sqrt of it (sqrt is monotone)
     selected = np.zeros(n, np.bool_)
     order = np.empty(num_retain, np.int64)
     sim_cols = np.empty((num_retain, n), np.float32)
     count = pivots.shape[0]
     for j in range(count):
         order[j] = pivots[j]
-    _add_tokens(0, count, order, unit, pos, selected, sim_cols, max_sim, min_dist)
+    _add_tokens(0, count, order, unit, pos, selected, sim_cols, max_sim, min_sq_dist)
 
     candidates, ranked = np.empty(n, np.int64), np.empty(n, np.int64)
     scores = np.empty(n, np.float32)
@@ -371,7 +369,7 @@ def centrifugal_selection(unit, pos, nf, pivots, num_retain, threshold, spatial_
         for i in range(n):  # ascending: ties keep index order
             if not selected[i]:
                 candidates[size] = i
-                scores[size] = (one + scale * min_dist[i]) * max_sim[i]
+                scores[size] = (one + scale * np.sqrt(min_sq_dist[i])) * max_sim[i]
                 size += 1
         by_score = _stable_argsort(scores[:size])
         for m in range(size):
@@ -380,7 +378,8 @@ def centrifugal_selection(unit, pos, nf, pivots, num_retain, threshold, spatial_
             members = ranked[start:min(start + token_batch, size)]
             accepted = 0
             for m in range(members.shape[0]):  # scored against Sel as it was before this batch
-                batch[m] = (one + scale * min_dist[members[m]]) * max_sim[members[m]]
+                i = members[m]
+                batch[m] = (one + scale * np.sqrt(min_sq_dist[i])) * max_sim[i]
                 take[m] = batch[m] < tau
                 accepted += take[m]
             if accepted > num_retain - count:
@@ -394,7 +393,7 @@ def centrifugal_selection(unit, pos, nf, pivots, num_retain, threshold, spatial_
                     order[count] = members[m]
                     count += 1
             _add_tokens(count - accepted, count, order, unit, pos, selected, sim_cols, max_sim,
-                        min_dist)
+                        min_sq_dist)
             if count == num_retain or (start == 0 and accepted == 0):
                 break
         tau += tau_step
