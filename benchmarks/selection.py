@@ -80,6 +80,29 @@ def timed_side_by_side(fast, loop, repeats, loop_repeats):
             statistics.median(loop_times) * 1e3, loop_out)
 
 
+def stage_times(hidden, keys, grid, r, repeats):
+    """Median ms of each compiled stage, run in sequence as ``select`` runs them (so each
+    finds the caches as a real call leaves them)."""
+    h, k = hidden.numpy(), keys.numpy()
+    pos, nf = vlm_pruner.token_positions(grid, 1.0)
+    stages = {
+        "pivots": lambda out: vlm_pruner_cpu.pivot_tokens(k, 4),
+        "screening": lambda out: vlm_pruner_cpu.screened_unit_vectors(h, 256),
+        "rounds": lambda out: vlm_pruner_cpu.centrifugal_selection(
+            out["screening"], pos, nf, out["pivots"], r, 0.8, 0.5, 16, vlm_pruner.TAU_STEP),
+        "fusion": lambda out: vlm_pruner_cpu.similarity_weighted_aggregation(
+            h, *out["rounds"], 0.3, vlm_pruner.MIN_WEIGHT_SUM),
+    }
+    times = {name: [] for name in stages}
+    for _ in range(repeats):
+        out = {}
+        for name, stage in stages.items():
+            start = time.perf_counter()
+            out[name] = stage(out)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(GRIDS), choices=list(GRIDS),
@@ -93,6 +116,8 @@ def main(argv=None):
                         help="do not run the literal loop for N above this (it is slow)")
     parser.add_argument("--device", default="cpu", help="device for an extra column of the fast path")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--stages", action="store_true",
+                        help="also print the median ms of each compiled CPU stage, run in sequence")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,6 +173,10 @@ def main(argv=None):
                 if not torch.equal(dev.keep.cpu(), fast_sel.keep):
                     row += " (selection differs from CPU)"
             print(row, flush=True)
+            if args.stages:
+                times = stage_times(hidden, keys, grid, r, 5 * args.repeats)
+                print("        stages (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()),
+                      flush=True)
 
 
 if __name__ == "__main__":
