@@ -94,6 +94,8 @@ class Generator:
     def use(self, config: PruningConfig) -> pruning.PruningHandle:
         """Install ``config`` (validated against this model before any work)."""
         config.check_against(self.model.config)
+        if config.method == "vlm_pruner" and self.device.type == "cpu":
+            vlm_pruner.warm_up()  # compiled kernels, once per process, before any timing starts
         if self._handle is not None and (config.layer or 0) == self._handle.layer:
             self._handle.config = config
         else:
@@ -111,8 +113,6 @@ class Generator:
         if self.family in VIDEO_FAMILIES:
             frames = np.full((4, 64, 64, 3), 128, np.uint8)
             self.run([Request("Describe the video.", frames=frames, max_new_tokens=2)], PruningConfig.none())
-        if self.device.type == "cpu":
-            vlm_pruner.warm_up()  # its compiled kernels: compiled or loaded from disk once here
 
     def check(self, request: Request) -> Optional[str]:
         """Why this model cannot take ``request``, or None."""

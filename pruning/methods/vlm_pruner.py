@@ -112,10 +112,11 @@ def select_torch(hidden_states: torch.Tensor, key_states: torch.Tensor, grid: tu
                     torch_only=True)
 
 
+@functools.cache
 def warm_up() -> None:
-    """Run the CPU path once on a tiny span, so that its kernels are compiled (first run
-    in an environment, ~16 s) or loaded from numba's disk cache (~0.5 s) here rather than
-    inside the first timed selection."""
+    """Run the CPU path once per process on a tiny span, so that its kernels are compiled
+    (first run in an environment, ~16 s) or loaded from numba's disk cache (~0.5 s) here
+    rather than inside the first timed selection."""
     g = torch.Generator().manual_seed(0)
     select(torch.randn(16, 8, generator=g), torch.randn(16, 4, generator=g), (1, 4, 4), 4)
 

@@ -311,9 +311,9 @@ def _similarity_rows(unit, tokens, rows, lo, hi):
 @_jit
 def _add_tokens(lo, hi, order, unit, pos, selected, sim_cols, max_sim, min_sq_dist):
     """Add order[lo:hi] to the selection: record S[i, order[j]] in sim_cols[j, i] and
-    fold it into the running max / min. Rows go in blocks that stay in cache while each group of four tokens is
-    scored against them. (Plain loops: a BLAS call per accepted batch, mostly 1-8
-    tokens, costs more in packing the (q', N) operand than it saves.)"""
+    fold it into the running max / min. Rows go in blocks that stay in cache while each
+    group of four tokens is scored against them. (Plain loops: a BLAS call per accepted
+    batch, mostly 1-8 tokens, costs more in packing the (q', N) operand than it saves.)"""
     n = unit.shape[0]
     for j in range(lo, hi):
         selected[order[j]] = True
@@ -412,9 +412,9 @@ def similarity_weighted_aggregation(hidden, order, sim_cols, merge_weight, min_w
     """
     n, d = hidden.shape
     r = order.shape[0]
-    retained = np.zeros(n, np.bool_)
+    slot_of = np.full(n, -1, np.int64)  # slot of each retained token in ``order``; -1: discarded
     for j in range(r):
-        retained[order[j]] = True
+        slot_of[order[j]] = j
     weight = np.full(n, -np.inf, np.float32)  # w_i = S[i, a(i)]
     target = np.zeros(n, np.int64)  # a(i) as a slot of ``order``
     for j in range(r):
@@ -425,7 +425,7 @@ def similarity_weighted_aggregation(hidden, order, sim_cols, merge_weight, min_w
     weight_sum = np.zeros(r, np.float32)  # W_j
     sizes = np.zeros(r + 1, np.int64)
     for i in range(n):
-        if not retained[i]:
+        if slot_of[i] < 0:
             weight_sum[target[i]] += weight[i]
             sizes[target[i] + 1] += 1
     # The discarded tokens of each slot, ascending (a counting sort by slot).
@@ -437,17 +437,14 @@ def similarity_weighted_aggregation(hidden, order, sim_cols, merge_weight, min_w
         fill[j] = start[j]
     members = np.empty(start[r], np.int64)
     for i in range(n):
-        if not retained[i]:
+        if slot_of[i] < 0:
             members[fill[target[i]]] = i
             fill[target[i]] += 1
 
-    slot_of = np.empty(n, np.int64)
-    for j in range(r):
-        slot_of[order[j]] = j
     keep, rank = np.empty(r, np.int64), np.empty(r, np.int64)  # rank[k]: slot of keep[k]
     k = 0
     for i in range(n):
-        if retained[i]:
+        if slot_of[i] >= 0:
             keep[k], rank[k] = i, slot_of[i]
             k += 1
     fused = np.empty((r, d), np.float32)
