@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pruning.methods import checks, vlm_pruner_cpu
+from pruning.methods import checks, vlm_pruner_cpu, vlm_pruner_triton
 from pruning.methods.registry import Param, Selection, register
 
 # Added to tau after every round (spec: "tau += 0.1 each next round").
@@ -221,7 +221,8 @@ class _SelectionState:
         """unit: (N, q') screened unit rows; pos: (N, 3) token positions."""
         n = unit.shape[0]
         # Column-major copies: updates reduce over a few new tokens along the outer axis.
-        self.unit, self.unit_t, self.pos_t = unit, unit.T.contiguous(), pos.T.contiguous()
+        self.unit, self.unit_t = unit, unit.T.contiguous()
+        self.pos, self.pos_t = pos, pos.T.contiguous()
         self.scale = spatial_lambda * nf
         self.max_sim = unit.new_full((n,), -math.inf)  # (N,) max_{j in Sel} S[i, j]
         self.min_dist = unit.new_full((n,), math.inf)  # (N,) min_{j in Sel} dist[i, j]
@@ -232,24 +233,39 @@ class _SelectionState:
 
     def add(self, tokens: torch.Tensor) -> None:
         """Append ``tokens`` (in this order) to the selection and update every token."""
-        sim = self.unit[tokens] @ self.unit_t  # (a, N)
-        offset = self.pos_t[:, None, :] - self.pos_t[:, tokens, None]  # (3, a, N)
-        nearest = (offset * offset).sum(0).amin(dim=0).sqrt()  # (N,)
-        self.max_sim = torch.maximum(self.max_sim, sim.amax(dim=0))
-        self.min_dist = torch.minimum(self.min_dist, nearest)
+        for chunk in tokens.split(_ADD_CHUNK):  # bounds the (3, a, N) offsets
+            sim = self.unit[chunk] @ self.unit_t  # (a, N)
+            offset = self.pos_t[:, None, :] - self.pos_t[:, chunk, None]  # (3, a, N)
+            square = offset * offset  # summed (t, y) then x, as the window resolvers do
+            nearest = ((square[0] + square[1]) + square[2]).amin(dim=0).sqrt()  # (N,)
+            self.max_sim = torch.maximum(self.max_sim, sim.amax(dim=0))
+            self.min_dist = torch.minimum(self.min_dist, nearest)
         self.selected[tokens] = True
         self.order.append(tokens)
         self.count += len(tokens)
 
     def bss(self, tokens: torch.Tensor) -> torch.Tensor:
-        """float64 BSS scores of ``tokens`` against the current selection (computed in
-        float32; float64 so that a comparison with tau uses tau's exact value)."""
-        return ((1.0 + self.scale * self.min_dist[tokens]) * self.max_sim[tokens]).double()
+        """float32 BSS scores of ``tokens`` against the current selection."""
+        return (1.0 + self.scale * self.min_dist[tokens]) * self.max_sim[tokens]
 
     def ranked_candidates(self) -> torch.Tensor:
         """Unselected tokens by ascending BSS, ties by ascending index."""
         candidates = (~self.selected).nonzero().squeeze(1)
         return candidates[torch.argsort(self.bss(candidates), stable=True)]
+
+    def resolve(self, window: torch.Tensor, threshold: float, token_batch: int) -> torch.Tensor:
+        """Walk the batches of ``window`` (ranked candidates from a batch boundary on) and
+        return the accepted tokens in batch order; the state itself is not updated."""
+        unit = self.unit[window]  # (L, q')
+        args = (unit @ unit.T, self.pos[window], self.max_sim[window], self.min_dist[window],
+                self.capacity - self.count, threshold, self.scale, token_batch)
+        if vlm_pruner_triton.usable(window.device, token_batch):
+            return window[vlm_pruner_triton.resolve_window(*args)]
+        return window[_resolve_window_torch(*args)]
+
+
+# Accepted tokens applied to the state at a time by _SelectionState.add.
+_ADD_CHUNK = 128
 
 
 def centrifugal_selection(unit: torch.Tensor, pos: torch.Tensor, nf: float, pivots: torch.Tensor,
@@ -266,31 +282,79 @@ def centrifugal_selection(unit: torch.Tensor, pos: torch.Tensor, nf: float, pivo
 
 
 def _run_round(state: _SelectionState, ranked, tau: float, token_batch: int) -> None:
-    """Walk ``ranked`` in batches of B, jumping over batches that accept nothing.
+    """Walk ``ranked`` in batches of B, a window of whole batches at a time.
 
     A batch that accepts nothing leaves the selection unchanged, so scoring all
     remaining candidates against the current selection at once tells which batch is
-    the next to accept, and what it accepts, exactly as a batch-by-batch walk would.
+    the next to accept; the walk jumps there and resolves the window of batches that
+    starts with it (``_SelectionState.resolve``: on CUDA one kernel, without a host
+    sync per batch), exactly as a batch-by-batch walk would.
     """
+    threshold = float32_threshold(tau)
+    window = vlm_pruner_triton.window_length(token_batch)
     start = 0
     while start < len(ranked) and state.count < state.capacity:
-        rest = ranked[start:]
-        scores = state.bss(rest)
-        hits = (scores < tau).nonzero().squeeze(1)
-        if len(hits) == 0:
+        hit = state.bss(ranked[start:]) < threshold
+        first = int(torch.argmax(hit.to(torch.uint8)))  # first hit, or 0 if none
+        if not hit[first]:
             return
-        batch_index = int(hits[0]) // token_batch
-        if start == 0 and batch_index > 0:
+        skipped = first // token_batch * token_batch
+        if start == 0 and skipped > 0:
             return  # the round's first batch accepted nothing: the round ends at once
-        lo, hi = batch_index * token_batch, (batch_index + 1) * token_batch
-        members, member_scores = rest[lo:hi], scores[lo:hi]
-        take = (member_scores < tau).nonzero().squeeze(1)  # batch positions, ascending
-        room = state.capacity - state.count
+        start += skipped
+        candidates = ranked[start:start + window]
+        state.add(state.resolve(candidates, threshold, token_batch))
+        start += len(candidates)
+
+
+def _resolve_window_torch(sim: torch.Tensor, pos: torch.Tensor, max_sim: torch.Tensor,
+                          min_dist: torch.Tensor, room: int, threshold: float, scale: float,
+                          token_batch: int) -> torch.Tensor:
+    """Walk one window's batches with torch ops (the kernel's contract, any device).
+
+    Args:
+        sim: (L, L) similarities of the window's candidates, in ranked order.
+        pos: (L, 3) positions; max_sim, min_dist: (L,) against the selection at the
+            window's start (updated here as members are accepted).
+        room: tokens still to select; threshold: accept bss < threshold (float32 bound).
+        scale: lambda * nf; token_batch: B (the window starts at a batch boundary).
+    Returns:
+        (L,) bool, True for the accepted candidates.
+    """
+    length = sim.shape[0]
+    accept = torch.zeros(length, dtype=torch.bool, device=sim.device)
+    start = 0
+    while start < length and room > 0:
+        scores = (1.0 + scale * min_dist[start:]) * max_sim[start:]
+        hits = (scores < threshold).nonzero().squeeze(1)
+        if len(hits) == 0:
+            break
+        skipped = int(hits[0]) // token_batch * token_batch
+        lo, hi = start + skipped, min(start + skipped + token_batch, length)
+        member_scores = scores[skipped:skipped + token_batch]
+        take = (member_scores < threshold).nonzero().squeeze(1)  # batch positions, ascending
         if len(take) > room:
             lowest = torch.argsort(member_scores, stable=True)[:room]
             take = torch.sort(lowest).values  # back to batch order
-        state.add(members[take])
-        start += hi
+        members = lo + take
+        accept[members] = True
+        offset = pos[None, :, :] - pos[members, None, :]  # (a, L, 3)
+        nearest = ((offset[..., 0] * offset[..., 0] + offset[..., 1] * offset[..., 1])
+                   + offset[..., 2] * offset[..., 2]).amin(dim=0).sqrt()
+        max_sim = torch.maximum(max_sim, sim[members].amax(dim=0))
+        min_dist = torch.minimum(min_dist, nearest)
+        room -= len(take)
+        start = hi
+    return accept
+
+
+def float32_threshold(tau: float) -> float:
+    """The smallest float32 >= tau: for a float32 score x, ``x < tau`` exactly when
+    ``x < float32_threshold(tau)``, so scores compare with tau's exact value in float32."""
+    bound = np.float32(tau)
+    if float(bound) < tau:
+        bound = np.nextafter(bound, np.float32(np.inf))
+    return float(bound)
 
 
 def similarity_weighted_aggregation(hidden: torch.Tensor, unit: torch.Tensor, order: torch.Tensor,
