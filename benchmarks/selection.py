@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pruning.methods import vlm_pruner, vlm_pruner_cpu  # noqa: E402
@@ -103,6 +104,48 @@ def stage_times(hidden, keys, grid, r, repeats):
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the torch ops a call dispatches (views aside) and its host syncs, leaving
+    out what runs inside the window resolver (one Triton kernel launch on CUDA)."""
+
+    VIEWS = {"select.int", "slice.Tensor", "unsqueeze.default", "squeeze.dim", "permute.default",
+             "split.Tensor", "t.default", "expand.default", "view.default", "_local_scalar_dense.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.syncs = self.windows = 0
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func).removeprefix("aten.")
+        if not self.paused:
+            self.ops += name not in self.VIEWS
+            # .item()/.tolist(), nonzero and boolean-mask indexing wait for the device.
+            bool_index = name == "index.Tensor" and any(
+                i is not None and i.dtype == torch.bool for i in args[1])
+            self.syncs += name in ("_local_scalar_dense.default", "nonzero.default") or bool_index
+        return func(*args, **(kwargs or {}))
+
+    def count(self, fn):
+        resolve = vlm_pruner._resolve_window_torch
+
+        def paused(*args):
+            self.windows += 1
+            self.paused = True
+            try:
+                return resolve(*args)
+            finally:
+                self.paused = False
+
+        vlm_pruner._resolve_window_torch = paused
+        try:
+            with self:
+                fn()
+        finally:
+            vlm_pruner._resolve_window_torch = resolve
+        return self
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(GRIDS), choices=list(GRIDS),
@@ -118,6 +161,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--stages", action="store_true",
                         help="also print the median ms of each compiled CPU stage, run in sequence")
+    parser.add_argument("--count-torch-ops", action="store_true",
+                        help="also print what one call of the torch path (what CUDA runs) dispatches "
+                             "on the CPU: windows, torch ops and host syncs (its launch-bound cost)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -173,6 +219,10 @@ def main(argv=None):
                 if not torch.equal(dev.keep.cpu(), fast_sel.keep):
                     row += " (selection differs from CPU)"
             print(row, flush=True)
+            if args.count_torch_ops:
+                counted = _OpCounter().count(lambda: vlm_pruner.select_torch(hidden, keys, grid, r))
+                print(f"        torch path: {counted.windows} windows, {counted.ops} torch ops, "
+                      f"{counted.syncs} host syncs", flush=True)
             if args.stages:
                 times = stage_times(hidden, keys, grid, r, 5 * args.repeats)
                 print("        stages (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items()),

@@ -94,8 +94,8 @@ class Generator:
     def use(self, config: PruningConfig) -> pruning.PruningHandle:
         """Install ``config`` (validated against this model before any work)."""
         config.check_against(self.model.config)
-        if config.method == "vlm_pruner" and self.device.type == "cpu":
-            vlm_pruner.warm_up()  # compiled kernels, once per process, before any timing starts
+        if config.method == "vlm_pruner":
+            vlm_pruner.warm_up(str(self.device))  # compiled kernels, once per process, before timing
         if self._handle is not None and (config.layer or 0) == self._handle.layer:
             self._handle.config = config
         else:

@@ -124,7 +124,8 @@ def resolve_window(sim: torch.Tensor, pos: torch.Tensor, max_sim: torch.Tensor,
         (L,) bool, True for the accepted candidates.
     """
     length = sim.shape[0]
-    block = triton.next_power_of_2(length)
+    # One block size per batch size (not per window length): one compilation serves all.
+    block = triton.next_power_of_2(window_length(token_batch))
     accept = torch.zeros(length, dtype=torch.int8, device=sim.device)
     _resolve_window_kernel[(1,)](
         sim.contiguous(), pos.contiguous(), max_sim.contiguous(), min_dist.contiguous(), accept,
