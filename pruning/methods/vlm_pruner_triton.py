@@ -29,6 +29,9 @@ compiles it for sm_80 and sm_90 without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 try:  # Triton ships with torch's Linux x86-64 wheels; elsewhere the torch resolver runs.
@@ -55,7 +58,15 @@ def usable(device: torch.device, token_batch: int) -> bool:
     which runs it on the CPU for tests) and batches of at most ``MAX_BATCH``."""
     if triton is None or token_batch > MAX_BATCH:
         return False
-    return device.type == "cuda" or triton.knobs.runtime.interpret
+    if triton.knobs.runtime.interpret:
+        return True
+    return device.type == "cuda" and _supported_gpu(device)
+
+
+@functools.cache
+def _supported_gpu(device: torch.device) -> bool:
+    """Triton's GPUs: NVIDIA from compute capability 8.0 (Ampere) on, or ROCm."""
+    return torch.version.hip is not None or torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 if triton is not None:
@@ -127,9 +138,10 @@ def resolve_window(sim: torch.Tensor, pos: torch.Tensor, max_sim: torch.Tensor,
     # One block size per batch size (not per window length): one compilation serves all.
     block = triton.next_power_of_2(window_length(token_batch))
     accept = torch.zeros(length, dtype=torch.int8, device=sim.device)
-    _resolve_window_kernel[(1,)](
-        sim.contiguous(), pos.contiguous(), max_sim.contiguous(), min_dist.contiguous(), accept,
-        length, room, threshold, scale,
-        BATCH=token_batch, BLOCK=block, BLOCK_BATCH=triton.next_power_of_2(token_batch),
-        num_warps=NUM_WARPS, enable_fp_fusion=False)
+    with torch.cuda.device(sim.device) if sim.is_cuda else contextlib.nullcontext():
+        _resolve_window_kernel[(1,)](  # launched on the current device: the tensors' one
+            sim.contiguous(), pos.contiguous(), max_sim.contiguous(), min_dist.contiguous(),
+            accept, length, room, threshold, scale,
+            BATCH=token_batch, BLOCK=block, BLOCK_BATCH=triton.next_power_of_2(token_batch),
+            num_warps=NUM_WARPS, enable_fp_fusion=False)
     return accept.bool()
