@@ -54,8 +54,9 @@ def window_length(token_batch: int) -> int:
 
 
 def usable(device: torch.device, token_batch: int) -> bool:
-    """Whether the kernel runs for tensors on ``device``: CUDA (or Triton's interpreter,
-    which runs it on the CPU for tests) and batches of at most ``MAX_BATCH``."""
+    """Whether the kernel runs for tensors on ``device``: a GPU that Triton supports (or
+    Triton's interpreter, which runs it on the CPU for tests), batches of at most
+    ``MAX_BATCH``."""
     if triton is None or token_batch > MAX_BATCH:
         return False
     if triton.knobs.runtime.interpret:
