@@ -240,11 +240,8 @@ class _SelectionState:
         """Append ``tokens`` (in this order) to the selection and update every token."""
         for chunk in tokens.split(_ADD_CHUNK):  # bounds the (3, a, N) offsets
             sim = self.unit[chunk] @ self.unit_t  # (a, N)
-            offset = self.pos_t[:, None, :] - self.pos_t[:, chunk, None]  # (3, a, N)
-            square = offset * offset  # summed (t, y) then x, as the window resolvers do
-            nearest = ((square[0] + square[1]) + square[2]).amin(dim=0).sqrt()  # (N,)
             self.max_sim = torch.maximum(self.max_sim, sim.amax(dim=0))
-            self.min_dist = torch.minimum(self.min_dist, nearest)
+            self.min_dist = torch.minimum(self.min_dist, _nearest_distance(self.pos_t, chunk))
         self.selected[tokens] = True
         self.order.append(tokens)
         self.count += len(tokens)
@@ -344,14 +341,20 @@ def _resolve_window_torch(sim: torch.Tensor, pos: torch.Tensor, max_sim: torch.T
             take = torch.sort(lowest).values  # back to batch order
         members = lo + take
         accept[members] = True
-        offset = pos[None, :, :] - pos[members, None, :]  # (a, L, 3)
-        nearest = ((offset[..., 0] * offset[..., 0] + offset[..., 1] * offset[..., 1])
-                   + offset[..., 2] * offset[..., 2]).amin(dim=0).sqrt()
         max_sim = torch.maximum(max_sim, sim[members].amax(dim=0))
-        min_dist = torch.minimum(min_dist, nearest)
+        min_dist = torch.minimum(min_dist, _nearest_distance(pos.T, members))
         room -= len(take)
         start = hi
     return accept
+
+
+def _nearest_distance(pos_t: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(3, M) positions, (a,) indices into them -> (M,) grid distance from each position
+    to the nearest of ``tokens``. Squares are summed (t, y) then x, in float32, as the
+    Triton kernel sums them, so both resolvers and the state see the same distances."""
+    offset = pos_t[:, None, :] - pos_t[:, tokens, None]  # (3, a, M)
+    square = offset * offset
+    return ((square[0] + square[1]) + square[2]).amin(dim=0).sqrt()
 
 
 def float32_threshold(tau: float) -> float:
