@@ -7,7 +7,8 @@
 
 from pruning.config import PruningConfig
 from pruning.engine import CallStats, PruningHandle, SpanStats, apply
+from pruning.seams import SeamError
 from pruning.methods import Selection, get_method, list_methods
 
-__all__ = ["CallStats", "PruningConfig", "PruningHandle", "Selection", "SpanStats", "apply",
+__all__ = ["CallStats", "PruningConfig", "PruningHandle", "SeamError", "Selection", "SpanStats", "apply",
            "get_method", "list_methods"]

@@ -15,10 +15,16 @@ of the model removes visual tokens before decoder layer K (``config.layer``):
 Semantics (../shared/spec/vlm-pruner.md): kept tokens keep their original position
 ids (rotary cos/sin are gathered, not recomputed), layers before K cache the full
 sequence and layers from K on only the kept tokens, and decoding continues at the
-original length: the model's own cache_position and rotary positions are untouched,
-only the attention mask of layers >= K is rebuilt each decode step from the kept
-columns plus the new ones. With K = 0 the tokens are removed right after the
-projector, before any decoder layer.
+original length: the model's own rotary positions are untouched, only the attention
+mask of layers >= K is rebuilt each decode step from the kept columns plus the new
+ones. With K = 0 the tokens are removed right after the projector, before any decoder
+layer.
+
+Prefill or decode step is decided from state the engine owns: a call continues the
+engine's pruned prefill when it is given the very KV cache that prefill filled, at the
+length the previous call left it (the cache is found by type, not by keyword name).
+Every transformers internal used here is checked by ``pruning.seams`` before a hook is
+installed.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_causal_mask
 
+from pruning import seams
 from pruning.config import NO_PRUNING, PruningConfig
 from pruning.methods import get_method
 from pruning.models import Span, family_for
@@ -77,14 +83,15 @@ class PruningHandle:
     def __init__(self, model: nn.Module, config: PruningConfig):
         self.model, self.family = model, family_for(model)
         self.text = self.family.text_model(model)
+        self.layer = config.layer or 0  # the unpruned baseline ('none') only records spans
+        self._seams = seams.check(model, self.family, self.text, self.layer)
         layers = self.text.layers
         config.validate(num_layers=len(layers))
         self._config = config
-        self.layer = config.layer or 0  # the unpruned baseline ('none') only records spans
         self.stats: CallStats | None = None
         self.keep_index: torch.Tensor | None = None  # (B, S') kept positions, -1 = padding
         self._pending: dict | None = None  # per prefill: spans, masks, captured signals
-        self._decode: dict | None = None  # after a pruned prefill: what decode steps need
+        self._decode: dict | None = None  # after a pruned prefill: its cache, what decode steps need
         self._swap: dict | None = None  # arguments given to layers >= K in this forward
 
         hooks = [model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
@@ -163,38 +170,44 @@ class PruningHandle:
 
     def _on_model_call(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
-        prefill = cache is None or cache.get_seq_length() == 0
+        cache = seams.find_cache(args, kwargs)
         self._pending = self._swap = None
         mask = kwargs.get("attention_mask")
-        if prefill:
-            self._decode = self.keep_index = None
-            if input_ids is None:
-                return None
-            mask = _mask_2d(mask, input_ids)
-            media = {}
-            for modality, encoded in (kwargs.get("mm_encoder_outputs") or {}).items():
-                if encoded is not None:
-                    media.update(self._media.get(modality, {}))
-            spans = self.family.spans(self.model, input_ids, {**media, **kwargs})
-            if any(spans):
-                self._pending = {"spans": spans, "mask": mask}
-            else:  # nothing visual: record that, change nothing
-                batch, seq_len = input_ids.shape
-                self.stats = CallStats([[] for _ in range(batch)], seq_len, [seq_len] * batch)
-        elif self._decode is not None:
-            # Columns of the original-length mask added since the prefill (one per token).
-            d = self._decode
+        d = self._decode
+        if d is not None and cache is not None and cache is d["cache"] and \
+                cache.get_seq_length() == d["cache_len"]:
+            # A decode step of the pruned prefill. Columns of the original-length mask
+            # added since the prefill (one per token).
             step = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
             if isinstance(mask, torch.Tensor) and mask.dim() == 2:
                 d["new_columns"] = mask[:, d["seq_len"]:].to(torch.long)
             else:
                 d["new_columns"] = d["mask"].new_ones(d["mask"].shape[0], d["seen"] + step - d["seq_len"])
             d["seen"] += step
+            return None
+        self._decode = self.keep_index = None
+        if cache is not None and cache.get_seq_length() > 0:
+            return None  # continues a cache the engine did not prune: left as it is
+        if input_ids is None:
+            return None
+        mask = _mask_2d(mask, input_ids)
+        media = {}
+        for modality, encoded in (kwargs.get("mm_encoder_outputs") or {}).items():
+            if encoded is not None:
+                media.update(self._media.get(modality, {}))
+        spans = self.family.spans(self.model, input_ids, {**media, **kwargs})
+        if any(spans):
+            self._pending = {"spans": spans, "mask": mask}
+        else:  # nothing visual: record that, change nothing
+            batch, seq_len = input_ids.shape
+            self.stats = CallStats([[] for _ in range(batch)], seq_len, [seq_len] * batch)
         return None
 
     def _on_model_return(self, module, args, output):
         self._pending = self._swap = None
+        d = self._decode
+        if d is not None and d["cache"] is not None:
+            d["cache_len"] = d["cache"].get_seq_length()  # what the next decode step must find
         return None
 
     # -- layer K-1: signals -----------------------------------------------------------
@@ -205,8 +218,9 @@ class PruningHandle:
                 not _NEEDS_KEYS & set(get_method(self._config.method).signals):
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D) normed
+        tables = seams.rotary_tables(kwargs, hidden.shape[1], f"the attention of layer {self.layer - 1}")
         fastv = self._config.method == "fastv"  # only FastV reads queries
-        q, k = rotary_query_key(module, hidden, kwargs["position_embeddings"], queries=fastv)
+        q, k = rotary_query_key(module, hidden, tables, queries=fastv)
         b, _, s, d = k.shape
         pending["keys"] = k.transpose(1, 2).reshape(b, s, -1)  # (B, S, kv_heads * d)
         if fastv:
@@ -222,7 +236,7 @@ class PruningHandle:
             d = self._decode
             pruned_mask = torch.cat([d["mask"], d["new_columns"]], dim=1)
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            self._swap = {"attention_mask": self._causal_mask(hidden, pruned_mask, kwargs)}
+            self._swap = {"attention_mask": self._causal_mask(hidden, pruned_mask, d["cache"])}
             kwargs.update(self._swap)
             return args, kwargs
         return None
@@ -230,6 +244,11 @@ class PruningHandle:
     def _prune_prefill(self, args, kwargs):
         pending, config = self._pending, self._config
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D)
+        if hidden is None or "attention_mask" not in kwargs:
+            raise seams.refuse(f"decoder layer {self.layer} must be called with hidden_states and an "
+                               "attention_mask keyword (the engine swaps them)",
+                               f"got keywords {', '.join(kwargs)}")
+        cos, sin = seams.rotary_tables(kwargs, hidden.shape[1], f"decoder layer {self.layer}")
         batch, seq_len = hidden.shape[:2]
         stats = CallStats(seq_len=seq_len)
         normed = self.text.norm(hidden) if config.method == "dart" else None
@@ -276,16 +295,15 @@ class PruningHandle:
         new_hidden[keep_index < 0] = 0
         pruned_mask = pending["mask"].gather(1, safe) * (keep_index >= 0)  # (B, S')
 
-        cos, sin = kwargs["position_embeddings"]
+        cache = seams.find_cache(args, kwargs)
         swap = {"position_embeddings": (_gather_seq(cos, safe), _gather_seq(sin, safe)),
-                "attention_mask": self._causal_mask(new_hidden, pruned_mask, kwargs)}
+                "attention_mask": self._causal_mask(new_hidden, pruned_mask, cache)}
         position_ids = kwargs.get("position_ids")
         if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == seq_len:
             swap["position_ids"] = _gather_last(position_ids, safe)
-        if isinstance(kwargs.get("cache_position"), torch.Tensor):
-            swap["cache_position"] = torch.arange(width, device=hidden.device)
         self._swap, self.keep_index = swap, keep_index
-        self._decode = {"mask": pruned_mask, "seq_len": seq_len, "seen": seq_len}
+        self._decode = {"mask": pruned_mask, "seq_len": seq_len, "seen": seq_len,
+                        "cache": cache, "cache_len": None}
         self._pending = None
         if "hidden_states" in kwargs:
             kwargs["hidden_states"] = new_hidden
@@ -324,11 +342,8 @@ class PruningHandle:
             raise ValueError(f"method: no model wiring for {name!r}")
         return sel.keep.to(pos.device), sel.hidden_states
 
-    def _causal_mask(self, hidden, mask_2d, kwargs):
-        return create_causal_mask(config=self.text.config, inputs_embeds=hidden,
-                                  attention_mask=mask_2d.to(torch.long),
-                                  past_key_values=kwargs.get("past_key_values"),
-                                  position_ids=None, layer_idx=self.layer)
+    def _causal_mask(self, hidden, mask_2d, cache):
+        return self._seams.causal_mask(self.text.config, hidden, mask_2d, cache, self.layer)
 
     # -- layers > K -----------------------------------------------------------------
 

@@ -36,6 +36,8 @@ class Family:
     """Base class: subclasses set ``model_types`` and implement ``spans``."""
 
     model_types: tuple[str, ...] = ()
+    # model.forward arguments ``spans`` reads (checked by pruning.seams before hooking).
+    input_names: tuple[str, ...] = ()
 
     def text_model(self, model: nn.Module) -> nn.Module:
         """The language model: has ``.layers`` (decoder layers) and ``.norm`` (final norm)."""

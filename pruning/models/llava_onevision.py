@@ -27,6 +27,7 @@ from pruning.models.base import Family, Span, register_family
 
 class LlavaOnevisionFamily(Family):
     model_types = ("llava_onevision",)
+    input_names = ("image_sizes", "batch_num_images")
 
     def spans(self, model, input_ids: torch.Tensor, inputs: dict) -> list[list[Span]]:
         config = model.config

@@ -14,6 +14,7 @@ from pruning.models.base import Family, Span, merge_spans, register_family, span
 
 class Qwen2VLFamily(Family):
     model_types = ("qwen2_vl",)
+    input_names = ("image_grid_thw", "video_grid_thw")
 
     def spans(self, model, input_ids: torch.Tensor, inputs: dict) -> list[list[Span]]:
         config = model.config
