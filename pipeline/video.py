@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -52,30 +52,24 @@ def even(count: int) -> int:
     return count + count % 2
 
 
-def media_root_for(data: Optional[str]) -> str:
-    """Where a benchmark's video files live when the user names no media root.
+def hf_home() -> str:
+    """The Hugging Face home, where lmms-eval unzips the video benchmarks: ``$HF_HOME``
+    when set (read on each call, as lmms-eval reads it), else huggingface_hub's default
+    (``~/.cache/huggingface``)."""
+    from huggingface_hub import constants
 
-    A local data directory (or a file in it) holds its own media, at the spec's
-    relative paths (``<dir>/egoschema/videos/<id>.mp4``); for a hub id the media sit
-    where lmms-eval unpacks them, in the Hugging Face home (``$HF_HOME``, default
-    ``~/.cache/huggingface``: ``<HF_HOME>/egoschema/videos/<id>.mp4``).
-    """
+    return str(Path(os.environ.get("HF_HOME") or constants.HF_HOME).expanduser())
+
+
+def media_root_for(data: Optional[str]) -> str:
+    """The folder a benchmark's media are looked for under when the user names none:
+    a local data directory (or the folder of a data file) for a local copy, else
+    :func:`hf_home` for a hub id. Which paths under it are tried is the task's
+    (``pipeline/tasks/_media.py``)."""
     if data and Path(data).exists():
         path = Path(data).resolve()
         return str(path if path.is_dir() else path.parent)
-    from huggingface_hub import constants
-
-    return str(Path(constants.HF_HOME).expanduser())
-
-
-def find_video(root: str, stem: str, extensions: Sequence[str] = (".mp4",)) -> tuple[str, bool]:
-    """``(path, exists)`` of the first of ``root/stem + ext`` that exists, in the order of
-    ``extensions``; ``(root/stem + extensions[0], False)`` when none does, for the error."""
-    candidates = [os.path.join(root, stem + ext) for ext in extensions]
-    for path in candidates:
-        if os.path.isfile(path):
-            return path, True
-    return candidates[0], False
+    return hf_home()
 
 
 def _open(path: str):

@@ -1,6 +1,6 @@
 """What the video benchmarks share: rows with their media root, locating the video
-file, "A. .." options, accuracy by group (:class:`VideoTask`). Private to the video
-task modules."""
+file (in every layout of ``_media.py``), "A. .." options, accuracy by group
+(:class:`VideoTask`). Private to the video task modules."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import re
 from pathlib import Path
 from typing import Iterator, Optional
 
+from pipeline.tasks._media import MediaLayout
 from pipeline.tasks.base import Sample, Task
 from pipeline.tasks.common import LETTERS, accuracy, load_rows, parse_letter
-from pipeline.video import find_video, media_root_for
+from pipeline.video import hf_home, media_root_for
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
 MEDIA_ROOT = "_media_root"  # row key: where rows() found the benchmark's media
@@ -43,16 +44,17 @@ def _local_config(data: Optional[str], config: Optional[str]) -> Optional[str]:
 
 
 def media_root_of(row: dict, media_root: Optional[str]) -> str:
-    """The folder the spec's relative media paths start from: the caller's
+    """The root folder the task's media are looked for under: the caller's
     ``media_root``, else the one ``rows()`` recorded, else HF_HOME."""
     return media_root or row.get(MEDIA_ROOT) or media_root_for(None)
 
 
-def resolve_video(row: dict, media_root: Optional[str], stem: str, extensions: tuple[str, ...]):
-    """``(path, error)``: the first existing ``<media root>/stem + ext``, or the first
-    candidate with ``"missing video: <path>"``."""
-    path, exists = find_video(media_root_of(row, media_root), stem, extensions)
-    return path, None if exists else f"missing video: {path}"
+def resolve_media(row: dict, media_root: Optional[str], layout: MediaLayout, name: str,
+                  what: str = "video") -> tuple[str, Optional[str]]:
+    """``(path, error)``: file ``name`` (no extension) of the row found in ``layout`` under
+    the row's media root and HF_HOME, or the first candidate and an error naming every
+    path tried (``MediaLayout.find``)."""
+    return layout.find(media_root_of(row, media_root), hf_home(), str(name), what)
 
 
 class VideoTask(Task):

@@ -5,7 +5,9 @@ Prompt (lmms-eval ``egoplan_doc_to_text`` as the spec words it): a goal sentence
 "My current task is to {goal}." or, when the goal's first word ends in "ing",
 "I am tasked with {goal}."; the fixed progress / field-of-view / next-action
 sentences; "A. .." .. "D. .."; "Answer with the option's letter from the given
-choices". Only the video ``egoplan/{sample_id}.mp4`` (or ``.MP4``, ``.mkv``) is passed.
+choices". Only the video is passed: ``{sample_id}.mp4`` (or ``.MP4``, ``.mkv``), bare files
+in the repo's ``videos_chunked_*.zip``, found in every layout of ``_media.py``
+(``<data>/egoplan/``, ``<data>/`` beside the repo's ``egoplan/`` rows, ``$HF_HOME/egoplan/``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 from typing import Optional
 
 from pipeline.tasks import register_task
-from pipeline.tasks._video import VideoTask, resolve_video
+from pipeline.tasks._media import MediaLayout
+from pipeline.tasks._video import VideoTask, resolve_media
 from pipeline.tasks.base import Sample
 from pipeline.tasks.common import option_lines
 from pipeline.video import DEFAULT_FRAMES
@@ -37,11 +40,12 @@ class EgoPlan(VideoTask):
     name = "egoplan"
     hub = (("EgoLife-v1/EgoPlan", "egoplan", "validation"), ("lmms-lab/EgoPlan", "egoplan", "validation"))
     max_new_tokens = 16
+    videos = MediaLayout("egoplan", "", (".mp4", ".MP4", ".mkv"))
 
     def sample(self, row: dict, *, media_root: Optional[str] = None, num_frames: int = DEFAULT_FRAMES) -> Sample:
         options = [str(row[f"choice_{c}"]).strip() for c in "abcd"]
         prompt = "\n".join([f"{goal_sentence(row['task_goal'])} {CONTEXT}", *option_lines(options), INSTRUCTION])
-        video, error = resolve_video(row, media_root, f"egoplan/{row['sample_id']}", (".mp4", ".MP4", ".mkv"))
+        video, error = resolve_media(row, media_root, self.videos, row["sample_id"])
         return Sample(
             id=str(row["sample_id"]),
             prompt=prompt,

@@ -3,7 +3,9 @@ three-minute egocentric clips, the only part with public answers.
 
 Prompt (lmms-eval ``egoschema_doc_to_text``): the question, each option on its own
 line (the dataset's options already read "A. ..."; bare ones get the letter), then
-:data:`MC_INSTRUCTION`. Video: ``egoschema/videos/{video_idx}.mp4`` (or ``.MP4``).
+:data:`MC_INSTRUCTION`. Video ``{video_idx}.mp4`` (or ``.MP4``) in ``videos/``, the folder
+the repo's ``videos_chunked_*.zip`` unpack to, found in every layout of ``_media.py``
+(``<data>/egoschema/videos/``, ``<data>/videos/``, ``$HF_HOME/egoschema/videos/``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from typing import Optional
 
 from pipeline.tasks import register_task
-from pipeline.tasks._video import VideoTask, lettered, resolve_video, split_option
+from pipeline.tasks._media import MediaLayout
+from pipeline.tasks._video import VideoTask, lettered, resolve_media, split_option
 from pipeline.tasks.base import Sample
 from pipeline.tasks.common import LETTERS, MC_INSTRUCTION
 from pipeline.video import DEFAULT_FRAMES
@@ -20,12 +23,13 @@ class EgoSchema(VideoTask):
     name = "egoschema"
     hub = (("lmms-lab/egoschema", "Subset", "test"),)
     max_new_tokens = 16
+    videos = MediaLayout("egoschema", "videos", (".mp4", ".MP4"))
 
     def sample(self, row: dict, *, media_root: Optional[str] = None, num_frames: int = DEFAULT_FRAMES) -> Sample:
         options = list(row.get("option") or [])
         lines = lettered(options)
         prompt = "\n".join([str(row["question"]).strip(), *lines, MC_INSTRUCTION])
-        video, error = resolve_video(row, media_root, f"egoschema/videos/{row['video_idx']}", (".mp4", ".MP4"))
+        video, error = resolve_media(row, media_root, self.videos, row["video_idx"])
         answer = row.get("answer")
         if answer in (None, "") and error is None:
             error = "no answer (EgoSchema's full config is scored online; use config Subset)"

@@ -25,7 +25,8 @@ from typing import Iterator, Optional
 
 from pipeline import synthetic
 from pipeline.tasks import register_task
-from pipeline.tasks._video import MEDIA_ROOT, media_root_of, resolve_video
+from pipeline.tasks._media import find_media
+from pipeline.tasks._video import MEDIA_ROOT, media_root_of
 from pipeline.tasks.base import Sample, Task
 from pipeline.tasks.common import accuracy, image_sample, load_rows, parse_letter
 from pipeline.video import media_root_for
@@ -71,8 +72,8 @@ class SyntheticFine(Task):
         prompt = synthetic.prompt_text(str(row["question"]), options)
         meta = {"kind": row["kind"], "options": options}
         if row.get("video"):
-            stem, ext = os.path.splitext(row["video"])
-            path, error = resolve_video(row, media_root, stem, (ext,))
+            stem, ext = os.path.splitext(row["video"])  # relative to the data folder: no other layout
+            path, error = find_media([media_root_of(row, media_root)], stem, (ext,))
             return Sample(id=str(row["id"]), prompt=prompt, video=path, answer=row["answer"], meta=meta,
                           error=error, max_new_tokens=self.max_new_tokens)
         return image_sample(self, str(row["id"]), prompt, [row.get("image")], answer=row["answer"], meta=meta,

@@ -3,8 +3,10 @@ four-way questions on 900 videos, short / medium / long.
 
 Two tasks: ``videomme`` (frames only) and ``videomme_subtitles``, whose prompt starts
 with the subtitle lines shown while the sampled frames are on screen (lmms-eval
-``videomme_doc_to_text_subtitle``). Video ``videomme/data/{videoID}.mp4`` (or
-``.MP4``, ``.mkv``); subtitles ``videomme/subtitle/{videoID}.srt``.
+``videomme_doc_to_text_subtitle``). Video ``{videoID}.mp4`` (or ``.MP4``, ``.mkv``) in
+``data/``, the folder the repo's ``videos_chunked_*.zip`` unpack to; subtitles
+``{videoID}.srt`` in ``subtitle/`` (from ``subtitle.zip``); both found in every layout of
+``_media.py`` (``<data>/videomme/data/``, ``<data>/data/``, ``$HF_HOME/videomme/data/``).
 
 Which subtitle lines: the frames are ``frame_indices(n_frames, num_frames)`` (pass the
 same ``num_frames`` the model samples); a subtitle from ``start`` to ``end`` seconds
@@ -15,12 +17,12 @@ a sampled frame. Kept lines are listed in time order (lmms-eval goes through a
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Optional
 
 from pipeline.tasks import register_task
-from pipeline.tasks._video import VideoTask, accuracy, media_root_of, resolve_video, split_option
+from pipeline.tasks._media import MediaLayout
+from pipeline.tasks._video import VideoTask, accuracy, resolve_media, split_option
 from pipeline.tasks.base import Sample
 from pipeline.tasks.common import MC_INSTRUCTION
 from pipeline.video import DEFAULT_FRAMES, VideoError, frame_indices, video_fps_and_length
@@ -30,7 +32,6 @@ INSTRUCTION = ("Select the best answer to the following multiple-choice question
 SUBTITLES_HEADER = "This video's subtitles are listed below:"
 NO_SUBTITLES = "No subtitles available"
 SUBTITLES_ANSWER = "The best answer is:"
-EXTENSIONS = (".mp4", ".MP4", ".mkv")
 
 _TIME = re.compile(r"(\d+):(\d{1,2}):(\d{1,2})(?:[,.](\d{1,3}))?")
 _TAG = re.compile(r"<[^>]+>")
@@ -84,16 +85,18 @@ class VideoMME(VideoTask):
     hub = (("lmms-lab/Video-MME", "videomme", "test"),)
     max_new_tokens = 16
     with_subtitles = False
+    videos = MediaLayout("videomme", "data", (".mp4", ".MP4", ".mkv"))
+    subtitles = MediaLayout("videomme", "subtitle", (".srt",))
 
     def sample(self, row: dict, *, media_root: Optional[str] = None, num_frames: int = DEFAULT_FRAMES) -> Sample:
         options = [str(o).strip() for o in row["options"]]
-        video, error = resolve_video(row, media_root, f"videomme/data/{row['videoID']}", EXTENSIONS)
+        video, error = resolve_media(row, media_root, self.videos, row["videoID"])
         question = [INSTRUCTION, str(row["question"]).strip(), *options]
         if not self.with_subtitles:
             prompt = "\n".join(question + [MC_INSTRUCTION])
         else:
-            srt = os.path.join(media_root_of(row, media_root), "videomme", "subtitle", f"{row['videoID']}.srt")
-            subtitles, sub_error = self._subtitles(video, srt, num_frames, error is None)
+            srt, no_srt = resolve_media(row, media_root, self.subtitles, row["videoID"], "subtitles")
+            subtitles, sub_error = self._subtitles(video, None if no_srt else srt, num_frames, error is None)
             error = error or sub_error
             prompt = "\n".join([SUBTITLES_HEADER, subtitles, *question, SUBTITLES_ANSWER])
         meta = {"options": [split_option(o)[1] for o in options], "duration": str(row.get("duration") or ""),
@@ -104,9 +107,10 @@ class VideoMME(VideoTask):
                       meta=meta, error=error, max_new_tokens=self.max_new_tokens)
 
     @staticmethod
-    def _subtitles(video: str, srt: str, num_frames: int, video_exists: bool) -> tuple[str, Optional[str]]:
-        """(the subtitle block of the prompt, an error or None)."""
-        if not os.path.isfile(srt):
+    def _subtitles(video: str, srt: Optional[str], num_frames: int, video_exists: bool) -> tuple[str, Optional[str]]:
+        """(the subtitle block of the prompt, an error or None); ``srt`` is None when the
+        video has no subtitle file (lmms-eval then says so in the prompt)."""
+        if srt is None:
             return NO_SUBTITLES, None
         if not video_exists:
             return "", None  # the missing video is the row's error already

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.samples import write_video
-from pipeline.video import (VideoError, even, find_video, fit_pixels, frame_indices, read_clip, read_frames,
+from pipeline.video import (VideoError, even, fit_pixels, frame_indices, read_clip, read_frames,
                             video_fps_and_length)
 
 
@@ -102,9 +102,3 @@ def test_corrupt_file_is_a_clear_error(tmp_path, ramp_mp4, content):
     path.write_bytes(data[content])
     with pytest.raises(VideoError, match=f"cannot open video .*{content}.mp4"):
         read_frames(str(path), 4)
-
-
-def test_find_video_tries_extensions_in_order(tmp_path):
-    (tmp_path / "a.MP4").write_bytes(b"x")
-    assert find_video(str(tmp_path), "a", (".mp4", ".MP4", ".mkv")) == (str(tmp_path / "a.MP4"), True)
-    assert find_video(str(tmp_path), "b", (".mp4", ".mkv")) == (str(tmp_path / "b.mp4"), False)

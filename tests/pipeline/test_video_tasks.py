@@ -165,18 +165,27 @@ def test_egoplan_goal_sentence_rule_and_prompt(tmp_path):
     assert task.aggregate(results)["score"] == 50.0
 
 
-def test_missing_video_is_a_sample_error(tmp_path):
+def test_missing_video_is_a_sample_error_naming_the_paths_tried(tmp_path, monkeypatch):
+    """Spec layout, hub repository download, lmms-eval's $HF_HOME: in that order, each
+    with the benchmark's extensions (the snapshot of what a user is told)."""
+    d, hf = tmp_path / "data", tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(hf))
     rows = {
-        "egoschema": {"question_idx": "q", "question": "?", "video_idx": "gone", "option": list("abcde"), "answer": 1},
-        "nextqa": {"video": 5, "question": "?", **{f"a{i}": str(i) for i in range(5)}, "answer": 1, "type": "CW"},
-        "videomme": VIDEOMME_ROW,
-        "videomme_subtitles": VIDEOMME_ROW,
-        "egoplan": {"sample_id": 9, "task_goal": "g", **{f"choice_{c}": c for c in "abcd"}, "golden_choice_idx": "A"},
+        "egoschema": ({"question_idx": "q", "question": "?", "video_idx": "gone", "option": list("abcde"), "answer": 1},
+                      f"{d}/egoschema/videos/gone.{{mp4,MP4}}, {d}/videos/gone.{{mp4,MP4}}, "
+                      f"{hf}/egoschema/videos/gone.{{mp4,MP4}}"),
+        "nextqa": ({"video": 5, "question": "?", **{f"a{i}": str(i) for i in range(5)}, "answer": 1, "type": "CW"},
+                   f"{d}/nextqa/NExTVideo/5.{{mp4,MP4}}, {d}/NExTVideo/5.{{mp4,MP4}}, {hf}/nextqa/NExTVideo/5.{{mp4,MP4}}"),
+        "videomme": (VIDEOMME_ROW, f"{d}/videomme/data/fFjv93ACGo8.{{mp4,MP4,mkv}}, {d}/data/fFjv93ACGo8.{{mp4,MP4,mkv}}, "
+                                   f"{hf}/videomme/data/fFjv93ACGo8.{{mp4,MP4,mkv}}"),
+        "egoplan": ({"sample_id": 9, "task_goal": "g", **{f"choice_{c}": c for c in "abcd"}, "golden_choice_idx": "A"},
+                    f"{d}/egoplan/9.{{mp4,MP4,mkv}}, {d}/9.{{mp4,MP4,mkv}}, {hf}/egoplan/9.{{mp4,MP4,mkv}}"),
     }
-    for name, row in rows.items():
-        sample = get_task(name).sample(row, media_root=str(tmp_path))
-        assert sample.error == f"missing video: {sample.video}", name
-        assert sample.video.startswith(str(tmp_path)) and sample.video.endswith(".mp4")
+    rows["videomme_subtitles"] = rows["videomme"]
+    for name, (row, tried) in rows.items():
+        sample = get_task(name).sample(row, media_root=str(d))
+        assert sample.error == f"missing video: tried {tried}", name
+        assert sample.video == tried.split(".{")[0] + ".mp4"  # the first candidate
 
 
 # ---------------------------------------------------------------- sample sets
@@ -248,7 +257,7 @@ def test_corrupt_sample_sets_give_error_rows(tmp_path, name):
     samples = [task.sample(row, num_frames=4) for row in task.rows(str(write_task(name, tmp_path, 2, corrupt=True)))]
     assert len(samples) == 4
     assert [s.error for s in samples[:2]] == [None, None]
-    assert samples[3].error == f"missing video: {samples[3].video}"
+    assert samples[3].error.startswith(f"missing video: tried {samples[3].video.rsplit('.', 1)[0]}.")
     if name == "videomme_subtitles":  # it reads the video's length in sample() already
         assert "cannot open video" in samples[2].error
     else:
