@@ -2,6 +2,7 @@
 
     python -m pipeline.samples --out DIR [--tasks egoschema mme ...] [--per-task 4]
                                [--frames-per-video 24] [--corrupt] [--seed 0]
+                               [--layout spec|repo|lmms-eval]
 
 Each task gets ``DIR/<task>/`` holding what a user's local copy holds
 (../shared/spec/benchmarks.md): ``data.parquet`` with the benchmark's columns (images
@@ -10,6 +11,18 @@ real mp4 files at the spec's relative paths, e.g.
 ``DIR/egoschema/egoschema/videos/{video_idx}.mp4``. GQA mirrors the hub repository:
 ``DIR/gqa/testdev_balanced_instructions/testdev-00000-of-00001.parquet`` and
 ``DIR/gqa/testdev_balanced_images/testdev-00000-of-00001.parquet``.
+
+The video tasks can also be written in the two other layouts their files are found in
+(``pipeline/tasks/_media.py``), e.g. for Video-MME:
+
+- ``--layout repo``: the hub repository downloaded with its zips unzipped in place,
+  ``DIR/videomme/videomme/test-00000-of-00001.parquet``, ``DIR/videomme/data/{videoID}.mp4``,
+  ``DIR/videomme/subtitle/{videoID}.srt``; pass ``--data DIR/videomme``.
+- ``--layout lmms-eval``: ``DIR/videomme`` is a Hugging Face home as lmms-eval leaves it:
+  the repository in the hub cache
+  (``hub/datasets--lmms-lab--Video-MME/snapshots/<rev>/videomme/test-00000-of-00001.parquet``)
+  and the unzipped files in ``videomme/data/``, ``videomme/subtitle/``; pass the snapshot
+  folder as ``--data`` with ``HF_HOME=DIR/videomme``.
 
 The pictures and videos show coloured shapes (videos: a square moving left or right)
 and the questions ask about them, so the answers can be read off the media. The
@@ -36,6 +49,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), 
 SHAPES = ("square", "circle", "triangle")
 VIDEO_SIZE = (96, 64)  # (width, height); even, as yuv420p needs
 VIDEO_FPS = 8
+LAYOUTS = ("spec", "repo", "lmms-eval")  # where the video tasks' files go (module docstring)
+SNAPSHOT_REVISION = "0" * 40  # the commit of the fabricated hub-cache snapshot (--layout lmms-eval)
 GARBAGE = b"\x89PNG\r\n\x1a\n this is not an image" + bytes(range(256)) * 4  # a PNG signature, then junk
 
 
@@ -116,12 +131,43 @@ def write_srt(path: Path, cues: list[tuple[float, float, str]]) -> Path:
 
 class _SampleSet:
     """What one task's writer needs: the folder, a seeded rng, how many rows, which
-    rows are broken (``kind(i)`` is "ok", "corrupt" or "missing")."""
+    rows are broken (``kind(i)`` is "ok", "corrupt" or "missing"), and for the video
+    tasks where the layout puts rows and media."""
 
-    def __init__(self, root: Path, n: int, seed: int, frames: int, corrupt: bool, split: str = "test"):
+    def __init__(self, root: Path, n: int, seed: int, frames: int, corrupt: bool, split: str = "test",
+                 task=None, layout: str = "spec"):
         self.root, self.n, self.frames, self.split = root, n, frames, split
+        self.task, self.layout = task, layout
         self.rng = random.Random(seed)
         self.total = n + (2 if corrupt else 0)
+
+    @property
+    def data(self) -> Path:
+        """The folder to read the rows from (``--data``)."""
+        if self.layout != "lmms-eval":
+            return self.root
+        hub_id = self.task.hub[0][0]
+        return self.root / "hub" / f"datasets--{hub_id.replace('/', '--')}" / "snapshots" / SNAPSHOT_REVISION
+
+    def media(self, layout, filename: str) -> str:
+        """Where ``filename`` of a task's ``MediaLayout`` goes, relative to the root: the
+        repo's archive folder in the repo layout, else under the benchmark's folder."""
+        if self.layout == "repo":
+            return str(Path(layout.folder) / filename)
+        return str(Path(layout.cache_dir) / layout.folder / filename)
+
+    def write_rows(self, columns: dict) -> None:
+        """A video task's rows: ``data.parquet`` (spec), or the hub repository's file
+        ``<config>/<split>-00000-of-00001.parquet`` in the download (repo) or in the hub
+        cache's snapshot (lmms-eval, with the ``refs/main`` that names it)."""
+        if self.layout == "spec":
+            _write_parquet(self.root / "data.parquet", columns)
+            return
+        _, config, split = self.task.hub[0]
+        _write_parquet(self.data / config / f"{split}-00000-of-00001.parquet", columns)
+        if self.layout == "lmms-eval":
+            (self.data.parent.parent / "refs").mkdir(parents=True, exist_ok=True)
+            (self.data.parent.parent / "refs" / "main").write_text(SNAPSHOT_REVISION)
 
     def kind(self, i: int) -> str:
         return "ok" if i < self.n else ("corrupt" if i == self.n else "missing")
@@ -139,9 +185,11 @@ class _SampleSet:
         """Row i's image cell for ``image``: itself, garbage bytes, or None (missing)."""
         return {"ok": image, "corrupt": {"bytes": GARBAGE, "path": None}, "missing": None}[self.kind(i)]
 
-    def video(self, i: int, relative: str, colour: str, direction: str) -> None:
-        """Row i's video of a square moving to ``direction`` at ``root/relative``."""
-        self.clip(i, relative, video_frames(colour, direction, self.frames) if self.kind(i) != "missing" else None)
+    def video(self, i: int, filename: str, colour: str, direction: str) -> None:
+        """Row i's video ``filename`` of a square moving to ``direction``, where the layout
+        puts the task's videos."""
+        frames = video_frames(colour, direction, self.frames) if self.kind(i) != "missing" else None
+        self.clip(i, self.media(self.task.videos, filename), frames)
 
     def clip(self, i: int, relative: str, frames: Optional[np.ndarray], fps: int = VIDEO_FPS) -> None:
         """Row i's video of ``frames`` at ``root/relative``: real, cut in half (as an
@@ -186,13 +234,13 @@ def _egoschema(s: _SampleSet) -> None:
         colour, direction, options = _video_question(s)
         video_idx = s.uid()
         ext = ".MP4" if i == 1 else ".mp4"  # the spec allows both
-        s.video(i, f"egoschema/videos/{video_idx}{ext}", colour, direction)
+        s.video(i, f"{video_idx}{ext}", colour, direction)
         rows["question_idx"].append(s.uid())
         rows["question"].append("What colour is the square that moves across the video?")
         rows["video_idx"].append(video_idx)
         rows["option"].append([f"{l}. {c}" for l, c in zip("ABCDE", options)])
         rows["answer"].append(str(options.index(colour)))  # the hub stores the index as a string
-    _write_parquet(s.root / "data.parquet", rows)
+    s.write_rows(rows)
 
 
 def _nextqa(s: _SampleSet) -> None:
@@ -201,7 +249,7 @@ def _nextqa(s: _SampleSet) -> None:
     for i in range(s.total):
         colour, direction, options = _video_question(s)
         video = 4_000_000_000 + s.rng.randrange(10**8)
-        s.video(i, f"nextqa/NExTVideo/{video}.mp4", colour, direction)
+        s.video(i, f"{video}{'.MP4' if i == 1 else '.mp4'}", colour, direction)  # lmms-eval tries both
         if i % 2 == 0:
             question, answer, qtype = "what colour is the square", options.index(colour), "DO"
         else:
@@ -217,7 +265,7 @@ def _nextqa(s: _SampleSet) -> None:
         rows["type"].append(qtype)
         for k, option in enumerate(options):
             rows[f"a{k}"].append(option)
-    _write_parquet(s.root / "data.parquet", rows)
+    s.write_rows(rows)
 
 
 def _videomme(s: _SampleSet) -> None:
@@ -229,9 +277,9 @@ def _videomme(s: _SampleSet) -> None:
         video_id = "".join(s.rng.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
                            for _ in range(11))
         ext = ".mkv" if i == 1 else ".mp4"  # the spec allows .mp4, .MP4 and .mkv
-        s.video(i, f"videomme/data/{video_id}{ext}", colour, direction)
+        s.video(i, f"{video_id}{ext}", colour, direction)
         third = seconds / 3
-        write_srt(s.root / "videomme" / "subtitle" / f"{video_id}.srt",
+        write_srt(s.root / s.media(s.task.subtitles, f"{video_id}.srt"),
                   [(0.0, third, "Look at the square."), (third, 2 * third, f"It is {colour}."),
                    (2 * third, seconds, f"It moves to the {direction}.")])
         rows["video_id"].append(f"{i + 1:03d}")
@@ -245,7 +293,7 @@ def _videomme(s: _SampleSet) -> None:
         rows["question"].append("What colour is the moving square?")
         rows["options"].append([f"{l}. {c.capitalize()}." for l, c in zip("ABCD", options)])
         rows["answer"].append("ABCD"[options.index(colour)])
-    _write_parquet(s.root / "data.parquet", rows)
+    s.write_rows(rows)
 
 
 def _egoplan(s: _SampleSet) -> None:
@@ -255,7 +303,7 @@ def _egoplan(s: _SampleSet) -> None:
         colour, direction, options = _video_question(s, 4)
         sample_id = 1000 + i
         ext = ".MP4" if i == 1 else ".mp4"
-        s.video(i, f"egoplan/{sample_id}{ext}", colour, direction)
+        s.video(i, f"{sample_id}{ext}", colour, direction)
         goal = "sorting the blocks by colour" if i % 2 else "sort the blocks by colour"
         rows["sample_id"].append(sample_id)
         rows["video_id"].append(s.uid())
@@ -265,7 +313,7 @@ def _egoplan(s: _SampleSet) -> None:
         for letter, option in zip("abcd", options):
             rows[f"choice_{letter}"].append(f"pick up the {option} square")
         rows["golden_choice_idx"].append("ABCD"[options.index(colour)])
-    _write_parquet(s.root / "data.parquet", rows)
+    s.write_rows(rows)
 
 
 def _mme(s: _SampleSet) -> None:
@@ -461,18 +509,28 @@ VIDEO_TASKS = ("egoschema", "nextqa", "videomme", "videomme_subtitles", "egoplan
 
 
 def write_task(task_name: str, out_dir, n: int = 4, *, frames_per_video: int = 3 * VIDEO_FPS,
-               corrupt: bool = False, seed: int = 0, split: str = "test") -> Path:
+               corrupt: bool = False, seed: int = 0, split: str = "test", layout: str = "spec") -> Path:
     """Write ``n`` rows (plus 2 broken ones with ``corrupt``) of ``task_name`` in its
-    layout under ``out_dir/task_name``; returns that folder (the task's ``data``).
-    ``split`` only matters for synthetic_fine (train, validation or test)."""
+    layout under ``out_dir/task_name``; returns the folder to read it from (the task's
+    ``data``: ``out_dir/task_name`` itself, or for ``layout="lmms-eval"`` the hub-cache
+    snapshot in it, to be read with ``HF_HOME=out_dir/task_name``). ``split`` only
+    matters for synthetic_fine (train, validation or test); ``layout`` (one of
+    :data:`LAYOUTS`) only for the video tasks. The content does not depend on the layout."""
     if task_name not in WRITERS:
         raise ValueError(f"no sample writer for {task_name!r}; known: {', '.join(WRITERS)}")
     if n < 1 or frames_per_video < 1:
         raise ValueError("n and frames_per_video must be >= 1")
+    if layout not in LAYOUTS or (layout != "spec" and task_name not in VIDEO_TASKS):
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}; "
+                         f"only the video tasks ({', '.join(VIDEO_TASKS)}) have other layouts than spec")
+    from pipeline.tasks import get_task
+
+    task = get_task(task_name) if task_name in VIDEO_TASKS else None
     root = Path(out_dir) / task_name
     task_seed = seed * 1_000_003 + zlib.crc32(task_name.encode())
-    WRITERS[task_name](_SampleSet(root, n, task_seed, frames_per_video, corrupt, split))
-    return root
+    sample_set = _SampleSet(root, n, task_seed, frames_per_video, corrupt, split, task, layout)
+    WRITERS[task_name](sample_set)
+    return sample_set.data
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -482,8 +540,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                     "(parquet with HF Image columns, mp4 videos, SRT subtitles) for tests and demos.",
     )
     parser.add_argument("--out", required=True, help="output folder; each task is written to OUT/<task>/")
-    parser.add_argument("--tasks", nargs="+", choices=list(WRITERS), default=list(WRITERS), metavar="TASK",
-                        help=f"tasks to write (default: all): {' '.join(WRITERS)}")
+    parser.add_argument("--tasks", nargs="+", choices=list(WRITERS), metavar="TASK",
+                        help=f"tasks to write (default: all; the video tasks with --layout repo or lmms-eval): "
+                             f"{' '.join(WRITERS)}")
     parser.add_argument("--per-task", type=int, default=4, help="rows per task (default 4)")
     parser.add_argument("--frames-per-video", type=int, default=3 * VIDEO_FPS,
                         help=f"frames in each generated video, at {VIDEO_FPS} fps (default {3 * VIDEO_FPS})")
@@ -494,19 +553,30 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--split", choices=("train", "validation", "test"), default="test",
                         help="split of synthetic_fine to write (default test; its content depends on "
                              "split and row alone)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="spec",
+                        help="where the video tasks' rows and files go: spec (default: data.parquet and "
+                             "<benchmark>/<folder>/ under OUT/<task>), repo (the hub repository downloaded, "
+                             "its zips unzipped in place) or lmms-eval (OUT/<task> as the HF_HOME lmms-eval "
+                             "leaves)")
     args = parser.parse_args(argv)
+    if args.tasks is None:
+        args.tasks = list(WRITERS) if args.layout == "spec" else list(VIDEO_TASKS)
+    if args.layout != "spec" and set(args.tasks) - set(VIDEO_TASKS):
+        parser.error(f"--layout {args.layout} is for the video tasks only ({' '.join(VIDEO_TASKS)})")
     import datasets
 
     datasets.disable_progress_bars()  # one line per task below says what was written
     for name in args.tasks:
-        root = write_task(name, args.out, args.per_task, frames_per_video=args.frames_per_video,
-                          corrupt=args.corrupt, seed=args.seed, split=args.split)
+        data = write_task(name, args.out, args.per_task, frames_per_video=args.frames_per_video,
+                          corrupt=args.corrupt, seed=args.seed, split=args.split, layout=args.layout)
+        root = Path(args.out) / name
         files = sorted(p for p in root.rglob("*") if p.is_file())
         videos = sum(p.suffix.lower() in (".mp4", ".mkv") for p in files)
         extra = f", {videos} video files" if videos or name in VIDEO_TASKS else ""
         broken = " (2 of them broken)" if args.corrupt else ""
-        print(f"{name}: {args.per_task + 2 * args.corrupt} rows{broken} -> {root} "
-              f"({', '.join(str(p.relative_to(root)) for p in files if p.suffix == '.parquet')}{extra})")
+        home = f"; read it with HF_HOME={root}" if args.layout == "lmms-eval" else ""
+        print(f"{name}: {args.per_task + 2 * args.corrupt} rows{broken} -> {data} "
+              f"({', '.join(str(p.relative_to(data)) for p in files if p.suffix == '.parquet')}{extra}{home})")
 
 
 if __name__ == "__main__":
