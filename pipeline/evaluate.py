@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from pipeline.models import model_config
 from pipeline.stages import DecodeStage, InferStage, ScoreStage, batched_dataset, sample_to_row
 from pipeline.tasks import get_task
+from pipeline.tasks._media import MISSING_VIDEO
 from pruning import PruningConfig
 
 log = logging.getLogger("pipeline.evaluate")
@@ -90,7 +91,24 @@ def read_samples(task_name: str, data: str, *, limit: Optional[int] = None,
     if media_root is None and Path(data).exists():
         media_root = str(Path(data) if Path(data).is_dir() else Path(data).parent)
     extra = {"num_frames": frames} if task.modality == "video" else {}
-    return [task.sample(row, media_root=media_root, **extra) for row in task.rows(data, limit=limit)]
+    samples = [task.sample(row, media_root=media_root, **extra) for row in task.rows(data, limit=limit)]
+    warn_if_videos_missing(task_name, samples)
+    return samples
+
+
+def warn_if_videos_missing(task_name: str, samples: Sequence) -> None:
+    """One warning when most of a task's video rows found no video file: the rows were
+    read, so the videos are elsewhere than where they were looked for, and a missing or
+    wrong ``--media-root`` is the usual cause. Each row keeps its own error."""
+    videos = [s for s in samples if s.video]
+    missing = [s for s in videos if s.error and s.error.startswith(MISSING_VIDEO)]
+    if 2 * len(missing) <= len(videos):
+        return
+    log.warning("%s: %d of %d video rows have no video file (row %s: %s). Pass --media-root DIR, the folder "
+                "that holds the videos in the spec's layout, in the hub repository's (its zips unzipped in "
+                "place) or in lmms-eval's ($HF_HOME); without it they are looked for under the data folder "
+                "(for a hub id, $HF_HOME) and in $HF_HOME.",
+                task_name, len(missing), len(videos), missing[0].id, missing[0].error)
 
 
 def evaluate_configs(task_name: str, samples: Sequence, model: str, configs: Sequence[PruningConfig],
@@ -258,7 +276,9 @@ def main(argv=None) -> None:
                         help="a method parameter, e.g. --param token_batch=8 (repeatable)")
     parser.add_argument("--out", required=True, help="output directory (predictions.parquet, summary.json)")
     parser.add_argument("--limit", type=int, help="first N samples only")
-    parser.add_argument("--media-root", help="where video/image files live (default: the data directory)")
+    parser.add_argument("--media-root", help="where video/image files live (default: the data directory); videos "
+                                             "are looked for under it in the spec's and the hub repository's "
+                                             "layouts, then in lmms-eval's ($HF_HOME); see README")
     parser.add_argument("--actors", type=int, default=1, help="model replicas (actors) in the infer pool")
     parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (0 on a CPU machine)")
     parser.add_argument("--batch-size", type=int, default=4, help="samples per model batch")

@@ -83,3 +83,22 @@ def test_bad_config_is_refused_before_any_work(tmp_path, capsys, argv, field):
     assert exit_info.value.code == 2
     assert field in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_repository_download_runs_with_every_present_video_found(local_ray, tmp_path, monkeypatch, caplog):
+    """Video-MME as `huggingface-cli download --local-dir` leaves it, zips unzipped in place
+    (rows at videomme/test-00000-of-00001.parquet, videos in data/): every present video is
+    decoded, the cut one and the missing one are the only error rows."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    write_samples(["--out", str(tmp_path / "sets"), "--tasks", "videomme", "--per-task", "2", "--corrupt",
+                   "--layout", "repo", "--frames-per-video", "8"])
+    out = tmp_path / "run"
+    evaluate.main(["--task", "videomme", "--data", str(tmp_path / "sets" / "videomme"), "--model", "tiny:qwen2_vl",
+                   "--frames", "4", "--out", str(out), "--batch-size", "2"])
+    rows = pq.read_table(out / "predictions.parquet").to_pylist()
+    errors = [row["error"] for row in rows]
+    assert len(rows) == 4 and errors[:2] == [None, None], errors
+    assert all(row["visual_tokens_before"] > 0 for row in rows[:2])  # the .mp4 and the .mkv were decoded
+    assert errors[2].startswith("video: cannot open video ") and "/videomme/data/" in errors[2]
+    assert errors[3].startswith(f"missing video: tried {tmp_path}/sets/videomme/videomme/data/")
+    assert not [r for r in caplog.records if r.name == "pipeline.evaluate"]

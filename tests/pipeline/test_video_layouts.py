@@ -107,6 +107,32 @@ def test_sample_sets_in_every_layout_find_every_present_video(tmp_path, monkeypa
         f"{os.path.normpath(f)}/{stem}{braces}" for f in dict.fromkeys(tried))
 
 
+def test_media_root_names_where_the_videos_are(tmp_path, hf_home, caplog):
+    """Rows in one place (the spec's data.parquet), videos in a repo download elsewhere."""
+    videos = write_task("egoschema", tmp_path / "repo", 2, frames_per_video=8, layout="repo")
+    rows = write_task("egoschema", tmp_path / "rows", 2, frames_per_video=8)
+    for path in (rows / "egoschema").rglob("*.*"):
+        path.unlink()  # the rows' own copy of the videos is gone
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
+        lost = evaluate.read_samples("egoschema", str(rows))
+        found = evaluate.read_samples("egoschema", str(rows), media_root=str(videos))
+    assert [bool(s.error) for s in lost] == [True, True]
+    assert [s.error for s in found] == [None, None]
+    assert [os.path.dirname(s.video) for s in found] == [str(videos / "videos")] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipeline.evaluate"]
+    assert len(warnings) == 1  # once for the lost read, none for the found one
+    assert warnings[0].startswith("egoschema: 2 of 2 video rows have no video file (row ")
+    assert f"missing video: tried {rows}/egoschema/videos/" in warnings[0] and "--media-root DIR" in warnings[0]
+
+
+def test_no_warning_when_only_some_videos_are_missing(tmp_path, hf_home, caplog):
+    data = write_task("nextqa", tmp_path, 2, frames_per_video=8, corrupt=True, layout="repo")
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
+        samples = evaluate.read_samples("nextqa", str(data))
+    assert sum(bool(s.error) for s in samples) == 1
+    assert not [r for r in caplog.records if r.name == "pipeline.evaluate"]
+
+
 def test_samples_layout_is_for_the_video_tasks(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         samples_main(["--out", str(tmp_path), "--layout", "repo", "--tasks", "pope"])

@@ -175,9 +175,10 @@ def test_missing_video_is_a_sample_error_naming_the_paths_tried(tmp_path, monkey
                       f"{d}/egoschema/videos/gone.{{mp4,MP4}}, {d}/videos/gone.{{mp4,MP4}}, "
                       f"{hf}/egoschema/videos/gone.{{mp4,MP4}}"),
         "nextqa": ({"video": 5, "question": "?", **{f"a{i}": str(i) for i in range(5)}, "answer": 1, "type": "CW"},
-                   f"{d}/nextqa/NExTVideo/5.{{mp4,MP4}}, {d}/NExTVideo/5.{{mp4,MP4}}, {hf}/nextqa/NExTVideo/5.{{mp4,MP4}}"),
-        "videomme": (VIDEOMME_ROW, f"{d}/videomme/data/fFjv93ACGo8.{{mp4,MP4,mkv}}, {d}/data/fFjv93ACGo8.{{mp4,MP4,mkv}}, "
-                                   f"{hf}/videomme/data/fFjv93ACGo8.{{mp4,MP4,mkv}}"),
+                   f"{d}/nextqa/NExTVideo/5.{{mp4,MP4}}, {d}/NExTVideo/5.{{mp4,MP4}}, "
+                   f"{hf}/nextqa/NExTVideo/5.{{mp4,MP4}}"),
+        "videomme": (VIDEOMME_ROW, f"{d}/videomme/data/fFjv93ACGo8.{{mp4,MP4,mkv}}, "
+                                   f"{d}/data/fFjv93ACGo8.{{mp4,MP4,mkv}}, {hf}/videomme/data/fFjv93ACGo8.{{mp4,MP4,mkv}}"),
         "egoplan": ({"sample_id": 9, "task_goal": "g", **{f"choice_{c}": c for c in "abcd"}, "golden_choice_idx": "A"},
                     f"{d}/egoplan/9.{{mp4,MP4,mkv}}, {d}/9.{{mp4,MP4,mkv}}, {hf}/egoplan/9.{{mp4,MP4,mkv}}"),
     }
