@@ -104,11 +104,10 @@ def warn_if_videos_missing(task_name: str, samples: Sequence) -> None:
     missing = [s for s in videos if s.error and s.error.startswith(MISSING_VIDEO)]
     if 2 * len(missing) <= len(videos):
         return
-    log.warning("%s: %d of %d video rows have no video file (row %s: %s). Pass --media-root DIR, the folder "
-                "that holds the videos in the spec's layout, in the hub repository's (its zips unzipped in "
-                "place) or in lmms-eval's ($HF_HOME); without it they are looked for under the data folder "
-                "(for a hub id, $HF_HOME) and in $HF_HOME.",
-                task_name, len(missing), len(videos), missing[0].id, missing[0].error)
+    log.warning("%s: %d of %d video rows have no video file (row %s: %s). If the videos are elsewhere, pass "
+                "--media-root DIR: a folder holding them as the spec lays them out, or a download of the hub "
+                "repository with its zips unzipped in place; lmms-eval's are found in $HF_HOME (set HF_HOME to "
+                "the one lmms-eval used).", task_name, len(missing), len(videos), missing[0].id, missing[0].error)
 
 
 def evaluate_configs(task_name: str, samples: Sequence, model: str, configs: Sequence[PruningConfig],

@@ -149,12 +149,13 @@ class _SampleSet:
         hub_id = self.task.hub[0][0]
         return self.root / "hub" / f"datasets--{hub_id.replace('/', '--')}" / "snapshots" / SNAPSHOT_REVISION
 
-    def media(self, layout, filename: str) -> str:
-        """Where ``filename`` of a task's ``MediaLayout`` goes, relative to the root: the
-        repo's archive folder in the repo layout, else under the benchmark's folder."""
+    def media_path(self, media, filename: str) -> str:
+        """Where ``filename`` of a task's ``MediaLayout`` (``media``) goes, relative to the
+        root: the repo's archive folder in the repo layout, else under the benchmark's folder
+        (the spec's local copy, and lmms-eval's ``$HF_HOME/<cache_dir>``)."""
         if self.layout == "repo":
-            return str(Path(layout.folder) / filename)
-        return str(Path(layout.cache_dir) / layout.folder / filename)
+            return str(Path(media.folder) / filename)
+        return str(Path(media.cache_dir) / media.folder / filename)
 
     def write_rows(self, columns: dict) -> None:
         """A video task's rows: ``data.parquet`` (spec), or the hub repository's file
@@ -189,7 +190,7 @@ class _SampleSet:
         """Row i's video ``filename`` of a square moving to ``direction``, where the layout
         puts the task's videos."""
         frames = video_frames(colour, direction, self.frames) if self.kind(i) != "missing" else None
-        self.clip(i, self.media(self.task.videos, filename), frames)
+        self.clip(i, self.media_path(self.task.videos, filename), frames)
 
     def clip(self, i: int, relative: str, frames: Optional[np.ndarray], fps: int = VIDEO_FPS) -> None:
         """Row i's video of ``frames`` at ``root/relative``: real, cut in half (as an
@@ -279,7 +280,7 @@ def _videomme(s: _SampleSet) -> None:
         ext = ".mkv" if i == 1 else ".mp4"  # the spec allows .mp4, .MP4 and .mkv
         s.video(i, f"{video_id}{ext}", colour, direction)
         third = seconds / 3
-        write_srt(s.root / s.media(s.task.subtitles, f"{video_id}.srt"),
+        write_srt(s.root / s.media_path(s.task.subtitles, f"{video_id}.srt"),
                   [(0.0, third, "Look at the square."), (third, 2 * third, f"It is {colour}."),
                    (2 * third, seconds, f"It moves to the {direction}.")])
         rows["video_id"].append(f"{i + 1:03d}")
