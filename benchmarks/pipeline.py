@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from pipeline import evaluate, video  # noqa: E402
 from pipeline.infer import Generator, Request, decode_image  # noqa: E402
 from pipeline.samples import main as write_samples  # noqa: E402
+from pipeline.sources import task_source  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 from pruning import PruningConfig  # noqa: E402
 
@@ -55,13 +56,16 @@ def plain_loop(generator, task_name, samples, config, batch_size, frames) -> tup
     return len(samples) / (time.perf_counter() - start), generate
 
 
-def pipeline_run(task_name, samples, model, config, resources) -> tuple[float, float, str]:
-    """(steady-state samples/s, whole-job samples/s, where the model stage's time went)."""
-    (result,) = evaluate.evaluate_configs(task_name, samples, model, [config], resources)
-    calls = sorted({(r["infer_started"], r["infer_finished"]) for r in result.rows})
+def pipeline_run(source, samples, model, config, resources) -> tuple[float, float, str]:
+    """(steady-state samples/s, whole-job samples/s, where the model stage's time went), of
+    a job into a fresh results store (nothing stored is reused)."""
+    with tempfile.TemporaryDirectory() as out:
+        ((result,),) = evaluate.evaluate([source], model, [config], out, resources).values()
+        rows = result.rows()
+    calls = sorted({(r["infer_started"], r["infer_finished"]) for r in rows})
     busy = max(end for _, end in calls) - min(begin for begin, _ in calls)
     inside = sum(end - begin for begin, end in calls)
-    generate = sum(r["generate_s"] / r["batch_size"] for r in result.rows if r.get("generate_s"))
+    generate = sum(r["generate_s"] / r["batch_size"] for r in rows if r.get("generate_s"))
     gaps = sorted((b[0] - a[1]) * 1e3 for a, b in zip(calls, calls[1:]) if b[0] >= a[1])
     gap_note = f"; gaps between calls: median {statistics.median(gaps):.0f} ms, max {gaps[-1]:.0f} ms" if gaps else ""
     note = (f"{len(calls)} model calls; busy window {busy:.2f} s (summed over actors: "
@@ -96,7 +100,8 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as root:
         write_samples(["--out", root, "--tasks", args.task, "--per-task", str(args.samples)])
-        samples = evaluate.read_samples(args.task, str(Path(root) / args.task))
+        samples = evaluate.read_samples(args.task, str(Path(root) / args.task))  # for the loop
+        source = task_source(args.task, str(Path(root) / args.task))
         generator = Generator(args.model)
         generator.warm_up()  # as the actors do
 
@@ -117,14 +122,14 @@ def main(argv=None):
         # into, comparable with the warmed-up loop. The machine's speed drifts by 10-30%
         # within minutes, so each warm job is compared with the loop runs right before
         # and right after it.
-        cold = pipeline_run(args.task, samples, args.model, config, resources[1])
+        cold = pipeline_run(source, samples, args.model, config, resources[1])
         rows = [("plain loop", first_loop, None, None), ("ray, 1 actor, cold", cold[0], cold[1], first_loop)]
         notes = [f"ray, 1 actor, cold: {cold[2]}"]
         ratios = []
         before = loop()
         rows.append(("plain loop #1", before, None, None))
         for repeat in range(args.repeats):
-            warm = pipeline_run(args.task, samples, args.model, config, resources[1])
+            warm = pipeline_run(source, samples, args.model, config, resources[1])
             after = loop()
             base = (before + after) / 2  # the loop runs just before and just after the job
             ratios.append(warm[0] / base)
@@ -132,7 +137,7 @@ def main(argv=None):
                      (f"plain loop #{repeat + 2}", after, None, None)]
             notes.append(f"ray, 1 actor, warm #{repeat + 1}: {warm[2]}")
             before = after
-        two = pipeline_run(args.task, samples, args.model, config, resources[2])
+        two = pipeline_run(source, samples, args.model, config, resources[2])
         rows.append(("ray, 2 actors, warm", two[0], two[1], base))
         notes.append(f"ray, 2 actors, warm: {two[2]}")
 

@@ -7,10 +7,10 @@ Same generated sample sets (an image and a video benchmark), same model, the sam
 configs (the unpruned baseline plus methods x rates, as jobs/sweep.py builds them), one
 local Ray started before any timing:
 
-    sweep      one pipeline.evaluate.evaluate_tasks call with all M configs: every task in
-               one Ray Data job, each video decoded once, the model loaded once per actor
-    separate   M evaluate_tasks calls with one config each: M actor pools, so M model loads
-               and M decodes of every video
+    sweep      one pipeline.evaluate.evaluate call with all M configs: every task in one
+               Ray Data job, each video decoded once, the model loaded once per actor
+    separate   M evaluate calls with one config each: M actor pools, so M model loads and
+               M decodes of every video
 
 Both include everything from building the dataset to the last scored row (actor start,
 model load, decode, inference, scoring); neither includes MLflow. The two must give
@@ -32,13 +32,19 @@ import torch  # noqa: E402
 
 from pipeline import evaluate  # noqa: E402
 from pipeline.samples import write_task  # noqa: E402
+from pipeline.sources import task_source  # noqa: E402
 from pruning import PruningConfig  # noqa: E402
 
 
-def timed(samples, model, configs, resources) -> tuple[float, dict]:
-    start = time.perf_counter()
-    results = evaluate.evaluate_tasks(samples, model, configs, resources)
-    return time.perf_counter() - start, results
+def timed(sources, model, configs, resources) -> tuple[float, dict]:
+    """Seconds of one job into a fresh results store, and ``{task: [outputs per config]}``."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        results = evaluate.evaluate(sources, model, configs, out, resources)
+        seconds = time.perf_counter() - start
+        outputs = {task: [[r["output"] for r in result.rows()] for result in per_config]
+                   for task, per_config in results.items()}
+    return seconds, outputs
 
 
 def main(argv=None) -> None:
@@ -56,19 +62,18 @@ def main(argv=None) -> None:
     resources = evaluate.Resources(actors=1, batch_size=args.batch_size, frames=args.frames)
 
     with tempfile.TemporaryDirectory() as root:
-        samples = {task: evaluate.read_samples(task, str(write_task(task, root, args.per_task)),
-                                               frames=args.frames) for task in args.tasks}
+        sources = [task_source(task, str(write_task(task, root, args.per_task)), frames=args.frames)
+                   for task in args.tasks]
         evaluate.init_ray()  # Ray's own start-up is not timed
-        sweep, together = timed(samples, args.model, configs, resources)
+        sweep, together = timed(sources, args.model, configs, resources)
         separate, alone = 0.0, {task: [] for task in args.tasks}
         for config in configs:
-            seconds, results = timed(samples, args.model, [config], resources)
+            seconds, outputs = timed(sources, args.model, [config], resources)
             separate += seconds
             for task in args.tasks:
-                alone[task] += results[task]
-    same = all([r["output"] for r in a.rows] == [r["output"] for r in b.rows]
-               for task in args.tasks for a, b in zip(together[task], alone[task]))
-    rows = sum(len(s) for s in samples.values())
+                alone[task] += outputs[task]
+        rows = sum(source.count() for source in sources)
+    same = together == alone
     print(f"\n{len(configs)} configs x {rows} samples ({', '.join(args.tasks)}; {args.frames} frames per video), "
           f"{args.model}, 1 actor, batch {args.batch_size}, {os.cpu_count()} CPU cores, torch {torch.__version__}")
     print(f"{'run':<34} {'wall s':>8}")

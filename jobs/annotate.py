@@ -12,17 +12,20 @@ is the path relative to the folder. In a parquet file, the column (``--column``)
 image bytes, Hugging Face image dicts ({"bytes", "path"}) or file paths (relative to
 the parquet's folder; videos by extension); the id is the row index, or ``--id-column``.
 
-Flow: read (image files, Ray tasks) -> decode (video frames, then the model's processor:
-``pipeline.stages.DecodeStage``) -> infer (actor pool, one model each, ``pipeline.stages.InferStage``). Every input gives
-exactly one row: id, kind, source, output, visual tokens before/after, new tokens,
-timings, error (a corrupt or unreadable file is a row with its error, not a crash).
+Flow: the inputs are listed by a Ray task into ``inputs.parquet`` (the first run's
+inputs in their order, then each later run's new ones: a row's position never
+changes), then the same pipeline as every benchmark runs (``pipeline.job``): read
+(image files, on the workers) -> decode (video frames, the model's processor) -> infer
+(actor pool, one model each) -> write. Every input gives exactly one row: id, kind,
+source, output, visual tokens before/after, new tokens, timings, error (a corrupt or
+unreadable file is a row with its error, not a crash).
 
-Output, under --out: ``parts/part-*.parquet`` (one file per --chunk-size rows, written
-as results arrive), ``annotations.parquet`` (all parts merged, one row per id, in
-input order), ``job.json`` (the settings) and ``summary.json`` (counts and timings).
-Resume: a second run over the same --out skips the ids already in its parts and
-annotates only the rest (new files, or the rows of a part lost to an interruption);
-``--retry-errors`` also redoes the ids whose row has an error. A run with different
+Output, under --out: ``rows/`` (parquet parts of at most --chunk-size rows, written by
+the workers as results arrive), ``annotations.parquet`` (one row per input, in the
+order of ``inputs.parquet``), ``job.json`` (the settings) and ``summary.json`` (counts
+and timings). Resume: a second run over the same --out answers only the inputs not yet
+in ``rows/`` (new files, or the rows of parts lost to an interruption);
+``--retry-errors`` also redoes the inputs whose row has an error. A run with different
 settings (model, prompt, pruning config, frames) refuses the directory.
 """
 
@@ -33,27 +36,27 @@ import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 if __package__ in (None, ""):  # run as a script (python jobs/annotate.py): import the repo's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.stages import DecodeStage, InferStage, batch_rows, batched_dataset, rows_batch, sample_to_row  # noqa: E402
-from pipeline.tasks import Sample  # noqa: E402
+from pipeline import job as pipeline_job  # noqa: E402
+from pipeline.sources import InputsSource  # noqa: E402
 from pruning import PruningConfig  # noqa: E402
 
 log = logging.getLogger("jobs.annotate")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
+# inputs.parquet: one row per input ever listed for this output directory.
+INPUTS = pa.schema([("id", pa.string()), ("kind", pa.string()), ("source", pa.string()), ("path", pa.string()),
+                    ("data", pa.binary()), ("error", pa.string())])
 SCHEMA = pa.schema([
     ("id", pa.string()), ("kind", pa.string()), ("source", pa.string()), ("output", pa.string()),
     ("method", pa.string()), ("pruning_rate", pa.float64()),
@@ -61,6 +64,7 @@ SCHEMA = pa.schema([
     ("ttft_s", pa.float64()), ("prefill_s", pa.float64()), ("decode_s_per_token", pa.float64()),
     ("select_s", pa.float64()), ("peak_memory_mb", pa.float64()), ("error", pa.string()),
 ])
+INPUT_ROWS = 256  # rows per row group of inputs.parquet (the read stage reads a few at a time)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,14 @@ class Job:
                 "column": self.column, "frames": self.frames, "max_pixels": self.max_pixels,
                 "max_new_tokens": self.max_new_tokens}
 
+    def plan(self) -> pipeline_job.Plan:
+        out = Path(self.out).resolve()
+        source = InputsSource(str(out / "inputs.parquet"), self.prompt, self.max_new_tokens)
+        resources = pipeline_job.Resources(actors=self.actors, num_gpus=self.num_gpus, batch_size=self.batch_size,
+                                           frames=self.frames, max_pixels=self.max_pixels, dtype=self.dtype)
+        return pipeline_job.Plan(self.model, (source,), (self.config,), str(out / "rows"), resources,
+                                 keep_errors=not self.retry_errors, write_rows=self.chunk_size)
+
 
 # ---------------------------------------------------------------- inputs
 
@@ -138,17 +150,19 @@ def parquet_column(path: Path, column: Optional[str], id_column: Optional[str] =
     return column
 
 
-def list_parquet(path: Path, column: Optional[str], id_column: Optional[str] = None) -> list[Item]:
-    """One item per row of ``column`` (image bytes, HF image dicts or file paths)."""
+def iter_parquet(path: Path, column: Optional[str], id_column: Optional[str] = None) -> Iterator[Item]:
+    """One item per row of ``column`` (image bytes, HF image dicts or file paths), read a
+    few hundred rows at a time."""
     column = parquet_column(path, column, id_column)
-    table = pq.read_table(path, columns=[c for c in (column, id_column) if c])
-    values = table.column(column).to_pylist()
-    ids = [str(v) for v in table.column(id_column).to_pylist()] if id_column else \
-        [str(i) for i in range(len(values))]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"--id-column {id_column!r} has duplicate ids")
-    return [_cell_item(i, value, f"{path.name}[{row}]", path.parent) for row, (i, value) in
-            enumerate(zip(ids, values))]
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=INPUT_ROWS,
+                                                   columns=[c for c in (column, id_column) if c]):
+        values = batch.column(column).to_pylist()
+        ids = [str(v) for v in batch.column(id_column).to_pylist()] if id_column else \
+            [str(i) for i in range(row, row + len(values))]
+        for item_id, value in zip(ids, values):
+            yield _cell_item(item_id, value, f"{path.name}[{row}]", path.parent)
+            row += 1
 
 
 def _cell_item(item_id: str, value, source: str, base: Path) -> Item:
@@ -171,102 +185,84 @@ def check_data(data: str, column: Optional[str] = None, id_column: Optional[str]
         raise ValueError(f"--data must be a folder or a .parquet file, got {data!r}")
 
 
-def list_inputs(data: str, column: Optional[str] = None, id_column: Optional[str] = None) -> list[Item]:
+def iter_inputs(data: str, column: Optional[str] = None, id_column: Optional[str] = None) -> Iterator[Item]:
     check_data(data, column, id_column)
     path = Path(data)
-    return list_folder(path) if path.is_dir() else list_parquet(path, column, id_column)
+    return iter(list_folder(path)) if path.is_dir() else iter_parquet(path, column, id_column)
 
 
-def to_row(index: int, item: Item, job: Job) -> dict:
-    """The item as a read-stage row (``pipeline.stages.sample_to_row``), plus where the
-    image file is (read by :class:`ReadImageStage`) and what the output row names."""
-    sample = Sample(id=item.id, prompt=job.prompt, images=[item.data] if item.data is not None else [],
-                    video=item.path if item.kind == "video" else None, error=item.error,
-                    max_new_tokens=job.max_new_tokens)
-    row = sample_to_row(index, "annotate", sample, [job.config.to_dict()])
-    row.update(kind=item.kind, source=item.source,
-               image_path=item.path if item.kind == "image" and item.data is None else None)
-    return row
-
-
-class ReadImageStage:
-    """Image path -> encoded bytes in ``images``; a file that cannot be read or is no image
-    (checked from its header and structure, not decoded in full) is a row error naming it."""
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from PIL import Image, UnidentifiedImageError
-
-        rows = batch_rows(batch, ("image_path", "error"), "read image")
-        for row in rows:
-            path = row.get("image_path")
-            if not path or row.get("error"):
+def register_inputs(job: Job) -> dict:
+    """Bring ``<out>/inputs.parquet`` up to date with the inputs: rows already there keep
+    their position, new inputs are appended (written under a temporary name, then moved
+    into place). Runs as a Ray task, so that the driver never lists the data.
+    Returns ``{"inputs", "images", "videos", "new"}``."""
+    path = Path(job.out).resolve() / "inputs.parquet"
+    scratch = path.with_name(".inputs.parquet.tmp")
+    seen: set[str] = set()
+    counts = {"inputs": 0, "images": 0, "videos": 0, "new": 0}
+    with pq.ParquetWriter(scratch, INPUTS) as writer:
+        if path.exists():
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=INPUT_ROWS):
+                writer.write_batch(batch)
+                for item_id, kind in zip(batch.column("id").to_pylist(), batch.column("kind").to_pylist()):
+                    seen.add(item_id)
+                    counts["inputs"] += 1
+                    counts[kind + "s"] += 1
+        fresh, listed = [], set()
+        for item in iter_inputs(job.data, job.column, job.id_column):
+            if item.id in listed:
+                raise ValueError(f"--id-column {job.id_column!r} has duplicate ids ({item.id!r})")
+            listed.add(item.id)
+            if item.id in seen:
                 continue
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                row["error"] = f"image: cannot read {path}: {exc.strerror or exc}"
-                continue
-            try:
-                with Image.open(BytesIO(data)) as image:
-                    image.verify()
-                row["images"] = [data]
-            except Exception as exc:  # PIL raises several types for broken files
-                detail = "unknown format" if isinstance(exc, UnidentifiedImageError) else str(exc)
-                row["error"] = f"image: cannot decode {path}: {detail}"
-        return rows_batch(rows)
+            seen.add(item.id)
+            fresh.append(item)
+            counts["inputs"] += 1
+            counts["new"] += 1
+            counts[item.kind + "s"] += 1
+            if len(fresh) == INPUT_ROWS:
+                writer.write_table(_items_table(fresh))
+                fresh = []
+        if fresh:
+            writer.write_table(_items_table(fresh))
+    os.replace(scratch, path)
+    return counts
+
+
+def _items_table(items: list[Item]) -> pa.Table:
+    return pa.Table.from_pylist([{"id": i.id, "kind": i.kind, "source": i.source, "path": i.path, "data": i.data,
+                                  "error": i.error} for i in items], schema=INPUTS)
 
 
 # ---------------------------------------------------------------- outputs
 
 
-def read_parts(out: Path) -> pd.DataFrame:
-    """Every row of ``out/parts``, oldest part first (empty when there are none)."""
-    parts = sorted((out / "parts").glob("part-*.parquet"))
-    if not parts:
-        return SCHEMA.empty_table().to_pandas()
-    return pd.concat([pq.read_table(p, schema=SCHEMA).to_pandas() for p in parts], ignore_index=True)
-
-
-def done_ids(out: Path, retry_errors: bool = False) -> set[str]:
-    rows = read_parts(out)
-    if retry_errors:
-        rows = rows[rows["error"].isna()]
-    return set(rows["id"])
-
-
-def write_part(rows: list[dict], out: Path, run: str, number: int) -> Path:
-    """One part file, written under a temporary name and renamed (never half-written)."""
-    path = out / "parts" / f"part-{run}-{number:05d}.parquet"
-    scratch = path.with_name("." + path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA.names} for r in rows], schema=SCHEMA),
-                   scratch)
-    os.replace(scratch, path)
-    return path
-
-
-def merge(out: Path, order: list[str]) -> Path:
-    """``out/annotations.parquet``: one row per id (a later part wins), in ``order``, then
-    any ids no longer among the inputs."""
-    rows = read_parts(out).drop_duplicates("id", keep="last")
-    position = {item_id: i for i, item_id in enumerate(order)}
-    rows = rows.assign(_order=rows["id"].map(lambda i: position.get(i, len(order))))
-    rows = rows.sort_values(["_order", "id"], kind="stable").drop(columns="_order")
-    path = out / "annotations.parquet"
-    pq.write_table(pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False), path)
-    return path
+def merge(job: Job) -> dict:
+    """``<out>/annotations.parquet`` from the stored rows: one row per input, in the order
+    of ``inputs.parquet``; returns the counts for the summary. Runs as a Ray task."""
+    plan = job.plan()
+    (source,) = plan.sources
+    count = source.count()
+    stored = pipeline_job.stored(plan, source, 0, count).to_pylist()
+    by_index = {row["index"]: row for row in stored}
+    inputs = pq.read_table(source.table, columns=["id", "kind", "source"]).to_pylist()
+    path = Path(job.out).resolve() / "annotations.parquet"
+    rows = []
+    for index, item in enumerate(inputs):
+        row = by_index.get(index) or {"error": "not answered (the run was cut short)"}
+        rows.append(_output_row({**row, **item}, job.config))
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path)
+    errors = sum(1 for r in rows if r["error"] is not None)
+    return {"annotated": len(rows), "errors_in_annotations": errors, "annotations": str(path)}
 
 
 def _output_row(row: dict, config: PruningConfig) -> dict:
-    """The written columns of an infer-stage row (a NaN for a missing value -> None)."""
-    out = {k: None if _missing(row.get(k)) else row.get(k) for k in SCHEMA.names}
+    """The written columns of a stored row."""
+    out = {k: row.get(k) for k in SCHEMA.names}
     out.update(method=config.method, pruning_rate=config.pruning_rate)
     if out["error"]:
         out["output"] = None
     return out
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def check_settings(out: Path, job: Job) -> None:
@@ -287,67 +283,28 @@ def check_settings(out: Path, job: Job) -> None:
 # ---------------------------------------------------------------- the job
 
 
-def dataset(rows: list[dict], job: Job):
-    """read images -> decode videos and prepare model inputs -> infer (actor pool), over ``rows`` (a local Ray
-    cluster unless RAY_ADDRESS names one)."""
-    import ray
-
-    from pipeline.evaluate import BATCHES_PER_BLOCK, init_ray, warm_cpu_workers
-
-    init_ray()
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the job's own
-    warm_cpu_workers(job.model, ray.cluster_resources().get("CPU", 1.0) - job.actors)  # actors: 1 CPU each
-    ds = batched_dataset(rows, job.batch_size, BATCHES_PER_BLOCK)
-    ds = ds.map_batches(ReadImageStage(), batch_size=job.batch_size, batch_format="pyarrow")
-    ds = ds.map_batches(DecodeStage(job.model, job.frames, job.max_pixels), batch_size=job.batch_size, batch_format="pyarrow")
-    device = "cuda" if job.num_gpus > 0 else "cpu"
-    return ds.map_batches(InferStage, fn_constructor_kwargs={"model": job.model, "device": device, "dtype": job.dtype},
-                          batch_size=job.batch_size, batch_format="pyarrow",
-                          compute=ray.data.ActorPoolStrategy(size=job.actors), num_gpus=job.num_gpus)
-
-
 def annotate(job: Job) -> dict:
     """Annotate the inputs of ``job`` not yet in its output directory; returns the summary."""
-    from tqdm import tqdm
+    import ray
 
     out = Path(job.out)
     check_settings(out, job)
-    items = list_inputs(job.data, job.column, job.id_column)
-    done = done_ids(out, job.retry_errors)
-    pending = [item for item in items if item.id not in done]
-    kinds = {k: sum(1 for i in items if i.kind == k) for k in ("image", "video")}
-    log.info("%d inputs (%d images, %d videos) in %s; %d already annotated in %s; annotating %d",
-             len(items), kinds["image"], kinds["video"], job.data, len(items) - len(pending), out, len(pending))
-    start = time.perf_counter()
-    run = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
-    parts, buffer, errors = [], [], 0
-    if pending:
-        ds = dataset([to_row(i, item, job) for i, item in enumerate(pending)], job)
-        (out / "parts").mkdir(parents=True, exist_ok=True)
-        with tqdm(total=len(pending), desc="annotate", unit="input", file=sys.stderr) as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                for row in batch.to_pylist():
-                    buffer.append(_output_row(row, job.config))
-                    errors += buffer[-1]["error"] is not None
-                bar.update(len(batch))
-                bar.set_postfix(errors=errors)
-                while len(buffer) >= job.chunk_size:
-                    parts.append(write_part(buffer[:job.chunk_size], out, run, len(parts)))
-                    buffer = buffer[job.chunk_size:]
-        if buffer:
-            parts.append(write_part(buffer, out, run, len(parts)))
-    seconds = time.perf_counter() - start
-    merged = merge(out, [item.id for item in items])
-    errors_column = pq.read_table(merged, columns=["error"]).column("error")
-    summary = {"inputs": len(items), "already_done": len(items) - len(pending), "processed": len(pending),
-               "errors": errors, "annotated": len(errors_column),
-               "errors_in_annotations": len(errors_column) - errors_column.null_count,
-               "parts_written": len(parts), "seconds": seconds,
-               "inputs_per_second": len(pending) / seconds if pending and seconds else 0.0,
-               "annotations": str(merged), "config": job.config.flat(), "model": job.model}
+    pipeline_job.init_ray()
+    on_worker = ray.remote(num_cpus=0.5)
+    listed = ray.get(on_worker(register_inputs).remote(job))
+    log.info("%d inputs (%d images, %d videos) in %s, %d new", listed["inputs"], listed["images"],
+             listed["videos"], job.data, listed["new"])
+    parts = []
+    progress = pipeline_job.run(job.plan(), desc="annotate", on_written=lambda w: parts.append(w["path"]))
+    processed = progress.total_pending
+    merged = ray.get(on_worker(merge).remote(job))
+    summary = {"inputs": listed["inputs"], "already_done": listed["inputs"] - processed, "processed": processed,
+               "errors": progress.errors, **merged, "parts_written": len(parts), "seconds": progress.seconds,
+               "inputs_per_second": processed / progress.seconds if processed and progress.seconds else 0.0,
+               "config": job.config.flat(), "model": job.model}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("annotated %d inputs (%d errors) in %.1fs; %s holds %d rows", len(pending), errors, seconds,
-             merged, summary["annotated"])
+    log.info("annotated %d inputs (%d errors) in %.1fs; %s holds %d rows", processed, progress.errors,
+             progress.seconds, merged["annotations"], summary["annotated"])
     return summary
 
 

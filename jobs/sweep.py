@@ -1,25 +1,32 @@
 """Sweep pruning configurations over benchmarks with one model; results go to MLflow.
 
-    python jobs/sweep.py --config configs/demo.yaml [--set key=value ...]
+    python jobs/sweep.py --config configs/demo.yaml [--set key=value ...] [--retry-errors]
     ray job submit --working-dir . -- python jobs/sweep.py --config configs/demo.yaml
 
 The grid (methods x pruning rates x layers x method parameters, plus the unpruned
-baseline 'none', always) runs over every task in ONE Ray Data job: each video is decoded
-once, each row fanned out to every grid point, and each actor loads the model once for
-the whole sweep (pipeline.evaluate.evaluate_tasks). The whole config is checked first
+baseline 'none', always) runs over every task in ONE Ray Data job (pipeline.job): the
+workers read each benchmark's rows a range at a time, decode each sample once, answer
+it under every grid point (each actor loads the model once for the whole sweep) and
+store every answered row under ``output`` as they go. The whole config is checked first
 (every grid point against the model's config, tasks registered, data present or a hub
 id); a bad entry exits with code 2 and names the field, before any work or MLflow run.
 
 MLflow (mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the
-working directory): one parent run per sweep and one nested run per grid point, with
-the flattened config as params, per-task metrics (<task>/score, the task's other
-metrics, tokens, timings, FLOPs), avg_relative (the paper's Avg. %: per task score /
-baseline score, averaged, x100), the predictions parquet and the resolved config; the
-parent gets the summary table (csv, markdown), plots and kept-token pictures. Running
-the same sweep again skips the grid points already FINISHED in the experiment and
-reruns the rest; the summary covers all (pipeline/sweep/tracking.py says how points are
-matched). In a Ray job the working directory is a copy: give MLFLOW_TRACKING_URI an
-absolute path (sqlite:////abs/path/mlflow.db) or a tracking server.
+working directory): one parent run per sweep and one nested run per grid point, logged
+as soon as that point's rows are all stored, with the flattened config as params,
+per-task metrics (<task>/score, the task's other metrics, tokens, timings, FLOPs),
+avg_relative (the paper's Avg. %: per task score / baseline score, averaged, x100),
+the predictions parquet and the resolved config; the parent gets the summary table
+(csv, markdown), plots and kept-token pictures. The metrics and predictions are
+computed by Ray tasks from the stored rows: the driver holds no sample and no row.
+
+Resuming: running the same sweep again skips the grid points already FINISHED in the
+experiment (pipeline/sweep/tracking.py says how points are matched) and, for the
+others, every (sample, point) answer already stored under ``output`` (an interrupted
+sweep loses at most the rows in flight); ``--retry-errors`` also answers again the
+stored rows that have an error. In a Ray job the working directory is a copy: give
+``output`` and MLFLOW_TRACKING_URI absolute paths (sqlite:////abs/path/mlflow.db) on
+storage every node sees, or a tracking server and an s3:// output.
 
 Ray's workers import this repo's packages: run from the repo root (Ray puts the
 driver's working directory on their path), as a Ray job with --working-dir, or with
@@ -40,11 +47,13 @@ sys.path.insert(0, str(REPO))  # run as a script from the repo root (or a Ray jo
 
 import yaml  # noqa: E402
 
-from pipeline.evaluate import evaluate_tasks, read_samples, write_predictions  # noqa: E402
+from pipeline import job  # noqa: E402
 from pipeline.models import model_config  # noqa: E402
+from pipeline.sources import task_source  # noqa: E402
 from pipeline.sweep import report  # noqa: E402
 from pipeline.sweep.config import SweepConfig, SweepConfigError, describe, load  # noqa: E402
-from pipeline.sweep.metrics import point_metrics, relative_metrics  # noqa: E402
+from pipeline.sweep.metrics import relative_metrics  # noqa: E402
+from pipeline.sweep.points import finish_point, head, local_copy, picture  # noqa: E402
 from pipeline.sweep.tracking import Tracker, point_key, sweep_key  # noqa: E402
 from pruning.config import NO_PRUNING  # noqa: E402
 
@@ -59,6 +68,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a dotted key with a YAML value, e.g. --set grid.pruning_rates=[0.5] "
                              "--set tasks.0.limit=2 --set resources.frames=8 (repeatable)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="answer again the stored rows that have an error (e.g. media that were unavailable)")
     args = parser.parse_args(argv)
     try:
         config = load(args.config, args.set)
@@ -70,41 +81,44 @@ def main(argv=None) -> int:
     except SweepConfigError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    run(config, model, base=args.config.resolve().parent, name=args.config.stem)
+    run(config, model, base=args.config.resolve().parent, name=args.config.stem, retry_errors=args.retry_errors)
     return 0
 
 
-def run(config: SweepConfig, model, *, base: Path, name: str) -> list[report.PointSummary]:
-    """Evaluate the grid points not yet FINISHED, log them, and log and print the summary."""
+def run(config: SweepConfig, model, *, base: Path, name: str,
+        retry_errors: bool = False) -> list[report.PointSummary]:
+    """Evaluate the grid points not yet FINISHED, log each as soon as its rows are stored,
+    then log and print the summary."""
     start = time.perf_counter()
     points = config.points()
     keys = [point_key(config, p) for p in points]
     names = _names(config, points)
     tasks = [t.name for t in config.tasks]
     tracker = Tracker(config.mlflow)
-    parent = tracker.open_parent(sweep_key(config, keys), name, config.flat(), {"sweep.config": name})
+    parent = tracker.open_parent(sweep_key(config, keys), name, {**config.flat(), "output": config.output},
+                                 {"sweep.config": name})
     try:
         done = tracker.finished_points(keys)
         todo = [(p, k) for p, k in zip(points, keys) if k not in done]
-        samples = {t.name: read_samples(t.name, str(_prepare(config, t, base)), limit=t.limit,
-                                        frames=config.resources.frames) for t in config.tasks}
         print(f"sweep {name}: {len(points)} grid points x {len(tasks)} tasks; "
               f"{len(points) - len(todo)} already finished, {len(todo)} to run", flush=True)
-        rows = {}  # point key -> {task: rows}, this run's points only
         summaries = {k: report.PointSummary(names[k], k, p, run.data.metrics, run.info.run_id, new=False)
                      for p, k in zip(points, keys) if (run := done.get(k))}
+        sources = tuple(task_source(t.name, str(_prepare(config, t, base)), limit=t.limit,
+                                    frames=config.resources.frames) for t in config.tasks)
+        predictions = {}  # point key -> its predictions file (this run's points)
         if todo:
-            results = evaluate_tasks(samples, config.model, [p for p, _ in todo], config.resources)
-            for i, (point, key) in enumerate(todo):  # the baseline, when new, comes first
-                by_task = {task: results[task][i] for task in tasks}
-                rows[key] = {task: r.rows for task, r in by_task.items()}
-                metrics = point_metrics(by_task, model, point)
-                baseline = metrics if point.method == NO_PRUNING else summaries[keys[0]].metrics
-                metrics.update(relative_metrics(metrics, baseline, tasks))
-                run_id = _log_point(tracker, config, parent, names[key], key, point, metrics, rows[key])
+            plan = job.Plan(config.model, sources, tuple(p for p, _ in todo), config.output_uri(),
+                            config.resources, keep_errors=not retry_errors)
+            logger = PointLogger(tracker, config, parent, plan, todo, names,
+                                 summaries[keys[0]].metrics if keys[0] in summaries else None)
+            progress = job.run(plan, on_start=logger.start, on_written=logger.written, desc=f"sweep {name}")
+            logger.finish(progress)
+            for (point, key), (metrics, run_id, path) in zip(todo, logger.logged):
                 summaries[key] = report.PointSummary(names[key], key, point, metrics, run_id, new=True)
+                predictions[key] = path
         ordered = [summaries[k] for k in keys]
-        _log_summary(tracker, config, parent, ordered, samples, rows)
+        _log_summary(tracker, config, parent, ordered, sources, predictions)
         tracker.log(parent, metrics={"points": len(points), "points_run": len(todo),
                                      "sweep_seconds": time.perf_counter() - start})
     except BaseException:
@@ -115,8 +129,73 @@ def run(config: SweepConfig, model, *, base: Path, name: str) -> list[report.Poi
     for task in tasks:
         print(report.score_grid(ordered, task))
     print(f"MLflow: experiment {config.mlflow.experiment!r}, parent run {parent}; browse with\n"
-          f"  mlflow ui --backend-store-uri {tracker.uri}")
+          f"  mlflow ui --backend-store-uri {tracker.uri}\nrows: {config.output_uri()}")
     return ordered
+
+
+class PointLogger:
+    """Logs each grid point of a running job to MLflow as soon as every task's rows of it
+    are stored (metrics and predictions computed by a Ray task from the stored rows),
+    the unpruned baseline first: the others' relative scores need it."""
+
+    def __init__(self, tracker: Tracker, config: SweepConfig, parent: str, plan, todo, names,
+                 baseline: dict | None):
+        self.tracker, self.config, self.parent, self.plan, self.todo = tracker, config, parent, plan, todo
+        self.names, self.baseline = names, baseline
+        self.logged: list = [None] * len(todo)  # per point: (metrics, run id, predictions file)
+        self.waiting: list[int] = []
+        self.progress = None
+
+    def start(self, progress) -> None:
+        self.progress = progress
+        for point in range(len(self.todo)):  # stored by an earlier, interrupted run
+            if progress.complete(point):
+                self._ready(point)
+
+    def written(self, row: dict) -> None:
+        point = row["point"]
+        if self.logged[point] is None and point not in self.waiting and self.progress.complete(point):
+            self._ready(point)
+
+    def finish(self, progress) -> None:
+        """Log what is left (a point whose rows the job lost gets them as error rows)."""
+        self.progress = progress
+        for point in range(len(self.todo)):
+            if self.logged[point] is None and point not in self.waiting:
+                self._ready(point)
+        if self.waiting:  # no baseline in this run or before: log without relative scores
+            self.baseline = {}
+            self._flush()
+
+    def _ready(self, point: int) -> None:
+        self.waiting.append(point)
+        if self.todo[point][0].method == NO_PRUNING:
+            self.waiting.sort(key=lambda p: self.todo[p][0].method != NO_PRUNING)
+        self._flush()
+
+    def _flush(self) -> None:
+        import ray
+
+        while self.waiting:
+            point = self.waiting[0]
+            is_baseline = self.todo[point][0].method == NO_PRUNING
+            if self.baseline is None and not is_baseline:
+                return
+            self.waiting.pop(0)
+            config, key = self.todo[point]
+            answered = {name: n for (name, p), n in self.progress.written.items() if p == point}
+            # No CPU asked: the job's actors may hold them all until it ends, and this is short.
+            finish = ray.remote(num_cpus=0)(finish_point)
+            metrics, path = ray.get(finish.remote(self.plan, point, self.progress.counts, key, answered,
+                                                  self.progress.seconds or 1.0))
+            tasks = [t.name for t in self.config.tasks]
+            metrics.update(relative_metrics(metrics, metrics if is_baseline else self.baseline, tasks))
+            if is_baseline:
+                self.baseline = metrics
+            run_id = _log_point(self.tracker, self.config, self.parent, self.names[key], key, config, metrics,
+                                path)
+            self.logged[point] = (metrics, run_id, path)
+            print(f"logged {self.names[key]}", flush=True)
 
 
 def _names(config: SweepConfig, points) -> dict[str, str]:
@@ -148,19 +227,19 @@ def _prepare(config: SweepConfig, task, base: Path) -> Path | str:
 
 
 def _log_point(tracker: Tracker, config: SweepConfig, parent: str, name: str, key: str, point, metrics,
-               rows_by_task) -> str:
+               predictions: str) -> str:
     params = {k: v for k, v in config.flat().items() if not k.startswith("grid.")}
     params.update(point.flat())
     run_id = tracker.start_child(parent, name, key, {"sweep.method": point.method})
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            predictions = write_predictions([r for rows in rows_by_task.values() for r in rows],
-                                            Path(scratch) / "predictions.parquet")
+            named = local_copy(config.output_uri(), predictions, Path(scratch) / "predictions.parquet")
             resolved = Path(scratch) / "config.yaml"
             resolved.write_text(yaml.safe_dump({
                 "model": config.model, "tasks": [vars(t) for t in config.tasks], "point": point.to_dict(),
-                "resources": vars(config.resources), "point_key": key}, sort_keys=False))
-            tracker.log(run_id, params=params, metrics=metrics, artifacts=[predictions, resolved])
+                "resources": vars(config.resources), "point_key": key, "output": config.output},
+                sort_keys=False))
+            tracker.log(run_id, params=params, metrics=metrics, artifacts=[named, resolved])
     except BaseException:
         tracker.end(run_id, "FAILED")  # not FINISHED: the next run of the sweep redoes this point
         raise
@@ -168,8 +247,9 @@ def _log_point(tracker: Tracker, config: SweepConfig, parent: str, name: str, ke
     return run_id
 
 
-def _log_summary(tracker: Tracker, config: SweepConfig, parent: str, points, samples, fresh_rows) -> None:
-    """The table, plots and kept-token pictures, logged to the parent run."""
+def _log_summary(tracker: Tracker, config: SweepConfig, parent: str, points, sources, predictions) -> None:
+    """The table, plots and kept-token pictures, logged to the parent run. The pictures
+    read a task's first few samples and the picked points' first rows here, on the driver."""
     tasks = [t.name for t in config.tasks]
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
@@ -180,24 +260,23 @@ def _log_summary(tracker: Tracker, config: SweepConfig, parent: str, points, sam
                  report.plot_speedups(points, out / "speedup.png")]
         tracker.log(parent, artifacts=files)
         picks = report.picture_points(points)
-        rows = {s.name: _rows(tracker, s, fresh_rows, out) for s in picks}
-        pictures = [report.kept_tokens_figure(task, samples[task], [(s.name, rows[s.name][task]) for s in picks],
-                                              out / f"{task}.png", frames=config.resources.frames,
-                                              max_pixels=config.resources.max_pixels) for task in tasks]
-        tracker.log(parent, artifacts=[p for p in pictures if p], artifact_dir="kept_tokens")
+        files = {s.name: _predictions_file(tracker, config, s, predictions, out) for s in picks}
+        pictures = []
+        for source in sources:
+            png = picture(source, [(s.name, head(files[s.name], source.name)) for s in picks],
+                          config.resources.frames, config.resources.max_pixels)
+            if png:
+                pictures.append(out / f"{source.name}.png")
+                pictures[-1].write_bytes(png)
+        tracker.log(parent, artifacts=pictures, artifact_dir="kept_tokens")
 
 
-def _rows(tracker: Tracker, summary: report.PointSummary, fresh_rows, scratch: Path) -> dict[str, list[dict]]:
-    """A point's output rows per task: this run's, or its earlier run's predictions artifact."""
-    if summary.key in fresh_rows:
-        return fresh_rows[summary.key]
-    import pyarrow.parquet as pq
-
-    path = tracker.download(summary.run_id, "predictions.parquet", scratch / summary.run_id)
-    by_task: dict[str, list[dict]] = {}
-    for row in pq.read_table(path).to_pylist():
-        by_task.setdefault(row["task"], []).append(row)
-    return by_task
+def _predictions_file(tracker: Tracker, config: SweepConfig, summary: report.PointSummary, fresh: dict,
+                      scratch: Path) -> Path:
+    """A point's predictions parquet on this machine: this run's, or its earlier run's artifact."""
+    if summary.key in fresh:
+        return local_copy(config.output_uri(), fresh[summary.key], scratch / f"{summary.key}.parquet")
+    return tracker.download(summary.run_id, "predictions.parquet", scratch / summary.run_id)
 
 
 if __name__ == "__main__":

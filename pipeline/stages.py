@@ -1,82 +1,93 @@
-"""The pipeline's stages, one class each: read -> decode -> infer -> score.
+"""The pipeline's stages, one class each: read -> decode -> infer -> score -> write.
 
-Rows are plain dicts (Ray Data blocks), so any stage can run anywhere in the cluster:
-
-    read    (driver)      task rows -> Sample -> row: index, id, task, prompt, images
-                          (encoded bytes), video (path), answer/meta (JSON), error, configs
+    read    (CPU tasks)   a range of a source's rows -> Samples (media read here), minus the
+                          (row, grid point) pairs the results store already holds
     decode  (CPU tasks)   images, video path -> frames -> the model's processor: model inputs
     infer   (actor pool)  one model per actor, loaded once; each batch runs under every
-                          pruning config of its rows: one output row per (sample, config)
+                          grid point its rows still need: one row per (sample, point)
     score   (CPU tasks)   task.parse + task.score
+    write   (CPU tasks)   rows -> parquet parts in the results store, per (source, point)
 
-A row whose sample failed anywhere keeps flowing with ``error`` set, so every input
-yields exactly one output row per config. Every stage declares the columns it needs.
+Columns are declared in ``pipeline.rows``: each stage checks what it takes and builds
+what it gives from there. A row whose sample failed anywhere keeps flowing with
+``error`` set, so every input yields exactly one stored row per grid point.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import pickle
 import time
 import traceback
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 
+from pipeline import rows as contract
 from pipeline.tasks import Sample, get_task
 
 log = logging.getLogger(__name__)
 
-# Columns a row carries from the read stage on.
-READ_COLUMNS = ("index", "id", "task", "prompt", "images", "video", "answer", "meta", "error",
-                "max_new_tokens", "configs")
-# Columns the infer stage needs: the decode stage's model inputs (pickled
-# ``pipeline.infer.Prepared``) in place of the media.
-INFER_COLUMNS = ("index", "id", "task", "prompt", "inputs", "error", "configs")
 
+def read_row(index: int, source: str, sample: Sample, points: Sequence[int]) -> dict:
+    """The read stage's row for one sample, still to be answered under ``points``."""
+    import json
 
-def sample_to_row(index: int, task: str, sample: Sample, configs: Sequence[dict]) -> dict:
-    """The read stage's output row for one sample, to be answered under every pruning
-    config of ``configs``: the sample is decoded and prepared once, and the infer stage
-    gives one row per config."""
     return {
-        "index": index, "id": str(sample.id), "task": task, "prompt": sample.prompt,
+        "index": index, "task": source, "id": str(sample.id), "prompt": sample.prompt,
         "images": list(sample.images), "video": sample.video,
         "answer": json.dumps(sample.answer), "meta": json.dumps(sample.meta, default=str),
-        "error": sample.error, "max_new_tokens": int(sample.max_new_tokens),
-        "configs": json.dumps([json.dumps(c, sort_keys=True) for c in configs]),
+        "error": sample.error, "max_new_tokens": int(sample.max_new_tokens), "points": list(points),
     }
 
 
-def batched_dataset(rows: Sequence[dict], batch_size: int, batches_per_block: int = 1):
-    """``rows`` as a Ray Dataset whose blocks hold exactly ``batches_per_block *
-    batch_size`` rows (the last one the rest). The CPU stages work a block at a time and
-    give one block back, so each model task gets whole batches: with blocks of another
-    size Ray Data bundles them into full batches plus a remainder (12 rows -> a batch of 8
-    and one of 4, a third more model calls, each nearly as slow as a full one). Several
-    batches per block spread the per-task cost of Ray Data (~15-20 ms between tasks,
-    ~2 ms between calls of one task on this machine) over several model calls."""
+class ReadStage:
+    """RANGE rows -> READ rows. ``todo`` maps each source's name to an object ref of its
+    :class:`Todo` (which points each of its rows still needs), computed once from the
+    results store before the job starts."""
+
+    def __init__(self, sources: Mapping[str, object], todo: Mapping[str, object]):
+        self.sources, self.todo = dict(sources), dict(todo)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for item in contract.require(batch, contract.RANGE, "read"):
+            name, start, stop = item["source"], int(item["start"]), int(item["stop"])
+            todo = _todo(self.todo[name])
+            if not todo.any(start, stop):
+                continue  # every point of these rows is stored: their media are never read
+            for index, sample in self.sources[name].samples(start, stop):
+                points = todo.points(index)
+                if points:
+                    out.append(read_row(index, name, sample, points))
+        return contract.table(out, contract.READ)
+
+
+class Todo:
+    """Per grid point, which rows of one source still need an answer: one bit a row."""
+
+    def __init__(self, points: Sequence[int], masks: Sequence[np.ndarray]):
+        self.point_ids = list(points)
+        self.masks = np.stack(masks) if masks else np.zeros((0, 0), dtype=bool)  # (P, N) True: to do
+
+    @property
+    def pending(self) -> int:
+        return int(self.masks.sum())
+
+    def any(self, start: int, stop: int) -> bool:
+        return bool(self.masks[:, start:stop].any())
+
+    def points(self, index: int) -> list[int]:
+        return [p for p, todo in zip(self.point_ids, self.masks[:, index]) if todo]
+
+
+@functools.lru_cache(maxsize=64)
+def _todo(ref) -> Todo:
     import ray
 
-    size = batch_size * batches_per_block
-    return ray.data.from_arrow([rows_batch(list(rows[lo:lo + size])) for lo in range(0, len(rows), size)])
-
-
-def batch_rows(batch: pa.Table, columns, stage: str) -> list[dict]:
-    """A Ray Data batch as rows, after checking that it has ``columns``. The stages ask
-    Ray Data for Arrow batches and answer with :func:`rows_batch`: Ray Data's blocks are
-    Arrow, so no pandas conversion runs between two model calls (they cost the actor
-    ~10 ms a batch with pandas)."""
-    missing = [c for c in columns if c not in batch.column_names]
-    if missing:
-        raise ValueError(f"{stage} stage needs columns {missing}; got {batch.column_names}")
-    return batch.to_pylist()
-
-
-def rows_batch(rows: list[dict]) -> pa.Table:
-    """Rows (all with the same keys) -> the Arrow batch a stage returns."""
-    return pa.Table.from_pylist(rows)
+    return ray.get(ref)
 
 
 class DecodeStage:
@@ -91,14 +102,13 @@ class DecodeStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipeline.infer import Preparer
 
-        rows = batch_rows(batch, READ_COLUMNS, "decode")
+        rows = contract.require(batch, contract.READ, "decode")
         preparer = Preparer.from_spec(self.model)  # loaded once per worker process
         for row in rows:
             row["inputs"] = None
             if not row.get("error"):
                 row["error"] = self._prepare(preparer, row)
-            row.pop("images")  # in the inputs now; the infer stage copies rows per config
-        return rows_batch(rows)
+        return contract.table(rows, contract.DECODED)
 
     def _prepare(self, preparer, row: dict) -> Optional[str]:
         """Sets ``row["inputs"]``; returns why it could not (a row error), or None."""
@@ -122,50 +132,45 @@ class DecodeStage:
             return f"input: {exc}"
 
 
-# The infer stage's result columns of a row it has not answered (yet, or for its error).
-NO_ANSWER = dict(output=None, visual_tokens_before=0, visual_tokens_after=0, kept=None, new_tokens=0,
-                 ttft_s=None, prefill_s=None, decode_s_per_token=None, select_s=None, peak_memory_mb=None,
-                 spans=None, prompt_tokens=None, generate_s=None, batch_size=None)
-
-
 class InferStage:
-    """One model per actor; answers each row under every pruning config it carries,
-    batch by batch: all rows of the batch under one config, then the next config."""
+    """One model per actor; answers each row under every grid point it lists, batch by
+    batch: all rows of the batch that need point 0, then point 1, ... ``points`` is the
+    config table (``PruningConfig.to_dict()`` per point id) the rows' ids index."""
 
-    def __init__(self, model: str, device: str = "cpu", dtype: Optional[str] = None,
+    def __init__(self, model: str, points: Sequence[dict], device: str = "cpu", dtype: Optional[str] = None,
                  threads: Optional[int] = None):
         import torch
 
         from pipeline.infer import Generator
+        from pruning import PruningConfig
 
         if threads:  # Ray pins OMP threads to the actor's num_cpus; CPU runs may want more
             torch.set_num_threads(threads)
+        self.configs = [PruningConfig.from_dict(p) for p in points]
         self.generator = Generator(model, device=device, dtype=dtype)
         self.generator.warm_up()  # the first batch's timings would carry one-off costs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """One output row per input row and config (``config``: that config's JSON)."""
-        from pruning import PruningConfig
-
         started = time.time()
         rows = []
-        for row in batch_rows(batch, INFER_COLUMNS, "infer"):
-            prepared = pickle.loads(row.pop("inputs")) if row["inputs"] is not None else None
-            for config_json in json.loads(row.pop("configs")):
-                rows.append({**row, "config": config_json, "prepared": prepared, **NO_ANSWER})
-        for config_json in sorted({row["config"] for row in rows}):
-            group = [row for row in rows if row["config"] == config_json and not row["error"]]
+        for row in contract.require(batch, contract.DECODED, "infer"):
+            prepared = pickle.loads(row["inputs"]) if row["inputs"] is not None else None
+            for point in row["points"]:
+                rows.append({**row, "point": point, "prepared": prepared, **contract.NO_ANSWER})
+        for point in sorted({row["point"] for row in rows}):
+            group = [row for row in rows if row["point"] == point and not row["error"]]
             if group:
-                self._answer(group, PruningConfig.from_dict(json.loads(config_json)))
+                self._answer(group, self.configs[point])
         finished = time.time()
         for row in rows:
-            del row["prepared"]
             # Wall-clock span of this actor call (epoch seconds): first start to last end
             # over all rows is the model stage's busy time, without actor start-up.
             row.update(infer_started=started, infer_finished=finished)
-        return rows_batch(rows)
+        return contract.table(rows, contract.ANSWERED)
 
     def _answer(self, rows: list[dict], config) -> None:
+        import json
+
         try:
             answers = self.generator.run_prepared([row["prepared"] for row in rows], config)
         except Exception:
@@ -187,13 +192,19 @@ class InferStage:
 
 
 class ScoreStage:
-    """Parse each output and score it with its task's own metric (CPU)."""
+    """Parse each output and score it with its task's own metric (CPU); rows of sources
+    that are not benchmarks (annotation inputs) pass unscored."""
+
+    def __init__(self, scored: Sequence[str]):
+        self.scored = set(scored)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch_rows(batch, ("task", "output", "answer", "meta", "error"), "score")
+        import json
+
+        rows = contract.require(batch, contract.ANSWERED, "score")
         for row in rows:
             row.update(parsed=None, score=0.0)
-            if row["error"] or row["output"] is None:
+            if row["error"] or row["output"] is None or row["task"] not in self.scored:
                 continue
             task = get_task(row["task"])
             sample = Sample(id=row["id"], prompt=row["prompt"], answer=json.loads(row["answer"]),
@@ -203,4 +214,29 @@ class ScoreStage:
                 row.update(parsed=json.dumps(parsed), score=float(task.score(parsed, sample)))
             except Exception as exc:  # an unparseable answer scores 0 and says why
                 row["error"] = f"score: {exc}"
-        return rows_batch(rows)
+        return contract.table(rows, contract.SCORED)
+
+
+class WriteStage:
+    """SCORED rows -> one parquet part per (source, point) in the results store; gives a
+    WRITTEN row per part. ``keys[source][point]`` names where each point's rows go."""
+
+    def __init__(self, store: str, keys: Mapping[str, Sequence[Optional[str]]]):
+        from pipeline.store import RowStore
+
+        self.store, self.keys = RowStore(store), {k: list(v) for k, v in keys.items()}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
+        contract.require(batch.slice(0, 0), contract.SCORED, "write")
+        written = []
+        groups = batch.group_by(["task", "point"]).aggregate([]).to_pylist() if batch.num_rows else []
+        for group in groups:
+            source, point = group["task"], group["point"]
+            mask = pc.and_(pc.equal(batch["task"], source), pc.equal(batch["point"], point))
+            part = batch.filter(mask).select(contract.names(contract.SCORED))
+            path = self.store.write(part, source, self.keys[source][point])
+            written.append({"task": source, "point": point, "rows": part.num_rows,
+                            "errors": part.num_rows - part["error"].null_count, "path": path})
+        return contract.table(written, contract.WRITTEN)

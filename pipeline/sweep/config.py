@@ -34,7 +34,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import yaml
 
-from pipeline.evaluate import Resources
+from pipeline.job import Resources
 from pruning import PruningConfig, list_methods
 from pruning.config import NO_PRUNING
 
@@ -96,6 +96,10 @@ class SweepConfig:
         "help": "the pipeline's Resources: actors, num_gpus, batch_size, frames, max_pixels, dtype, ..."})
     mlflow: TrackingSpec = field(default_factory=lambda: TrackingSpec("sweep"),
                                  metadata={"help": "{experiment, tracking_uri?, artifact_location?}"})
+    output: str = field(default="out/sweeps", metadata={
+        "help": "where the workers store every answered row (a path every node sees, or a pyarrow filesystem "
+                "URI such as s3://bucket/prefix); a rerun continues from what is there. Relative: under the "
+                "working directory"})
 
     @classmethod
     def from_dict(cls, values: Any, *, default_experiment: str = "sweep") -> SweepConfig:
@@ -119,8 +123,12 @@ class SweepConfig:
             if tracking.get(key) is not None and not isinstance(tracking[key], str):
                 raise SweepConfigError(f"mlflow.{key}", f"must be a string, got {tracking[key]!r}")
         tracking = TrackingSpec(**{"experiment": default_experiment, **tracking})
+        output = values.get("output", "out/sweeps")
+        if not isinstance(output, str) or not output:
+            raise SweepConfigError("output", f"must be a path or URI, got {output!r}")
         config = cls(model=model, tasks=tasks, grid=_grid(_mapping(_required(values, "grid", ""), "grid")),
-                     resources=_resources(_mapping(values.get("resources") or {}, "resources")), mlflow=tracking)
+                     resources=_resources(_mapping(values.get("resources") or {}, "resources")), mlflow=tracking,
+                     output=output)
         config.points()  # every grid point is a valid PruningConfig
         return config
 
@@ -173,6 +181,12 @@ class SweepConfig:
         if (root / path).exists() or task.samples or not _HUB_ID.fullmatch(task.data):
             return (root / path).resolve()
         return None
+
+    def output_uri(self) -> str:
+        """:attr:`output` as the workers must see it: a URI as given, a path made absolute."""
+        if "://" in self.output:
+            return self.output
+        return str(Path(self.output).expanduser().resolve())
 
     def flat(self) -> dict[str, Any]:
         """The sweep's settings in one level (what the parent run logs as params)."""

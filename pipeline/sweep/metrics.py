@@ -36,21 +36,22 @@ import math
 import re
 from typing import Mapping, Sequence
 
-from pipeline.evaluate import Result
 from pruning import PruningConfig
 from pruning.flops import prefill_flops, total_flops
 
 TIMINGS = ("ttft_s", "prefill_s", "decode_s_per_token", "select_s")
 
 
-def point_metrics(results: Mapping[str, Result], model_config, point: PruningConfig) -> dict[str, float]:
+def point_metrics(results: Mapping[str, tuple[Mapping[str, float], Sequence[dict]]], model_config,
+                  point: PruningConfig) -> dict[str, float]:
     """Every metric of one grid point but the relative ones: ``<task>/...`` per task
-    (``results`` maps task names to the point's pipeline Result), then pooled."""
+    (``results`` maps task names to the point's (``pipeline.evaluate.summarize``
+    metrics, output rows)), then pooled."""
     out = {}
-    for task, result in results.items():
-        metrics = task_metrics(result.metrics, result.rows, model_config, point)
+    for task, (summary, rows) in results.items():
+        metrics = task_metrics(summary, rows, model_config, point)
         out.update({f"{task}/{k}": v for k, v in metrics.items()})
-    out.update(pooled_metrics([r for result in results.values() for r in result.rows], model_config, point))
+    out.update(pooled_metrics([r for _, rows in results.values() for r in rows], model_config, point))
     return out
 
 

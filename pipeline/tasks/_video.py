@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 from pipeline.tasks._media import MediaLayout
 from pipeline.tasks.base import Sample, Task
-from pipeline.tasks.common import LETTERS, accuracy, load_rows, parse_letter
+from pipeline.tasks.common import LETTERS, accuracy, count_rows, load_rows, parse_letter
 from pipeline.video import hf_home, media_root_for
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
@@ -69,13 +69,18 @@ class VideoTask(Task):
     max_new_tokens = 16
 
     def rows(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
-             config: Optional[str] = None) -> Iterator[dict]:
+             config: Optional[str] = None, start: int = 0, stop: Optional[int] = None) -> Iterator[dict]:
         """``load_rows`` plus the row's default media root (the local data folder, or
         HF_HOME for a hub id) under :data:`MEDIA_ROOT`."""
         root = media_root_for(data)
         config = config or _local_config(data, self.hub[0][1] if self.hub else None)
-        for row in load_rows(data, self.hub, limit=limit, split=split, config=config):
+        for row in load_rows(data, self.hub, limit=limit, split=split, config=config, start=start, stop=stop):
             yield {**row, MEDIA_ROOT: root}
+
+    def count(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
+              config: Optional[str] = None) -> int:
+        config = config or _local_config(data, self.hub[0][1] if self.hub else None)
+        return count_rows(data, self.hub, limit=limit, split=split, config=config)
 
     def parse(self, output: str, sample: Sample) -> Optional[str]:
         return parse_letter(output, sample.meta["options"])

@@ -50,8 +50,15 @@ class Task:
     hub: tuple[tuple[str, Optional[str], str], ...] = ()
     max_new_tokens: int = 16
 
-    def rows(self, data: str, *, limit: Optional[int] = None, **options) -> Iterator[dict]:
-        """The benchmark's rows from a hub id or a local directory, in a fixed order."""
+    def rows(self, data: str, *, limit: Optional[int] = None, start: int = 0, stop: Optional[int] = None,
+             **options) -> Iterator[dict]:
+        """The benchmark's rows from a hub id or a local directory, in a fixed order: the
+        first ``limit``, and of those the ones at positions ``start <= i < stop`` (the
+        pipeline's read stage takes a range at a time, on a worker)."""
+        raise NotImplementedError
+
+    def count(self, data: str, *, limit: Optional[int] = None, **options) -> int:
+        """How many rows :meth:`rows` gives (without reading them)."""
         raise NotImplementedError
 
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:

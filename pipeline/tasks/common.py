@@ -8,6 +8,7 @@ with HF ``Image`` columns decoded to PIL images.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import string
@@ -76,7 +77,17 @@ def _local_files(root: Path, config: Optional[str], split: Optional[str]) -> tup
 
 def load_dataset_split(data: Optional[str], hub: Sequence[tuple] = (), *, split: Optional[str] = None,
                        config: Optional[str] = None):
-    """The ``datasets.Dataset`` behind :func:`load_rows` (for joins that need random access)."""
+    """The ``datasets.Dataset`` behind :func:`load_rows` (for joins that need random access).
+
+    Loaded once per process for the same arguments (a local folder's modification time
+    included): the read stage asks for a few rows at a time, many times per worker."""
+    hub = tuple(tuple(entry) for entry in hub)
+    stamp = Path(data).stat().st_mtime_ns if data and Path(data).exists() else None
+    return _load_dataset_split(data, hub, split, config, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_dataset_split(data, hub, split, config, _stamp):
     import datasets
 
     if data and Path(data).exists():
@@ -97,23 +108,34 @@ def load_dataset_split(data: Optional[str], hub: Sequence[tuple] = (), *, split:
 
 
 def load_rows(data: Optional[str], hub: Sequence[tuple] = (), *, limit: Optional[int] = None,
-              split: Optional[str] = None, config: Optional[str] = None) -> Iterator[dict]:
+              split: Optional[str] = None, config: Optional[str] = None, start: int = 0,
+              stop: Optional[int] = None) -> Iterator[dict]:
     """Rows as plain dicts, in file order, from a local file/folder or a hub id.
 
     data:   a local ``.parquet``/``.arrow``/``.jsonl``/``.json`` file or folder of them
             (read sorted by name), or a hub id; None -> the ``hub`` entries in order.
     hub:    the task's ``((id, config, split), ...)``: config/split defaults.
     limit:  the first N rows only.
+    start, stop: only rows ``start <= index < stop`` of those (the read stage's ranges).
 
     Each row also carries ``"_index"``, its position in the split: the stable id of
     benchmarks whose rows have no id column of their own.
     """
     ds = load_dataset_split(data, hub, split=split, config=config)
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
+    end = count_rows(data, hub, limit=limit, split=split, config=config)
+    end = end if stop is None else min(stop, end)
+    if start or end < len(ds):
+        ds = ds.select(range(start, max(start, end)))
     ds = undecoded_images(ds)
-    for index, row in enumerate(ds):
-        yield {**row, "_index": index}
+    for offset, row in enumerate(ds):
+        yield {**row, "_index": start + offset}
+
+
+def count_rows(data: Optional[str], hub: Sequence[tuple] = (), *, limit: Optional[int] = None,
+               split: Optional[str] = None, config: Optional[str] = None) -> int:
+    """How many rows :func:`load_rows` gives with these arguments (no row is read)."""
+    total = len(load_dataset_split(data, hub, split=split, config=config))
+    return total if limit is None else min(limit, total)
 
 
 def undecoded_images(ds):
@@ -139,8 +161,12 @@ class DatasetTask(Task):
     """A task whose rows come straight from :func:`load_rows` with the task's ``hub``."""
 
     def rows(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
-             config: Optional[str] = None) -> Iterator[dict]:
-        return load_rows(data, self.hub, limit=limit, split=split, config=config)
+             config: Optional[str] = None, start: int = 0, stop: Optional[int] = None) -> Iterator[dict]:
+        return load_rows(data, self.hub, limit=limit, split=split, config=config, start=start, stop=stop)
+
+    def count(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
+              config: Optional[str] = None) -> int:
+        return count_rows(data, self.hub, limit=limit, split=split, config=config)
 
 
 class ShortAnswerTask(DatasetTask):

@@ -11,6 +11,7 @@ punctuation, ``score`` in percent.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from pipeline.tasks import register_task
@@ -25,12 +26,10 @@ class GQA(ShortAnswerTask):
     hub = (("lmms-lab/GQA", "testdev_balanced_instructions", "testdev"),)
     max_new_tokens = 16
 
-    def rows(self, data=None, *, limit=None, split=None, config=None):
-        images = None
-        for row in super().rows(data, limit=limit, split=split, config=config):
+    def rows(self, data=None, *, limit=None, split=None, config=None, start=0, stop=None):
+        for row in super().rows(data, limit=limit, split=split, config=config, start=start, stop=stop):
             if "image" not in row:
-                images = images if images is not None else _ImageIndex(data)
-                row["image"] = images.get(row["imageId"])
+                row["image"] = _image_index(data).get(row["imageId"])
             yield row
 
     def sample(self, row, *, media_root=None):
@@ -45,6 +44,13 @@ class GQA(ShortAnswerTask):
 
     def score(self, parsed, sample):
         return exact_match(parsed or "", sample.answer)
+
+
+@functools.lru_cache(maxsize=4)
+def _image_index(data):
+    """The images config of ``data``, indexed once per process (the read stage asks for a
+    few rows at a time)."""
+    return _ImageIndex(data)
 
 
 class _ImageIndex:

@@ -28,7 +28,7 @@ from pipeline.tasks import register_task
 from pipeline.tasks._media import find_media
 from pipeline.tasks._video import MEDIA_ROOT, media_root_of
 from pipeline.tasks.base import Sample, Task
-from pipeline.tasks.common import accuracy, image_sample, load_rows, parse_letter
+from pipeline.tasks.common import accuracy, count_rows, image_sample, load_rows, parse_letter
 from pipeline.video import media_root_for
 
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
@@ -59,13 +59,14 @@ class SyntheticFine(Task):
     max_new_tokens = 8
 
     def rows(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
-             config: Optional[str] = None) -> Iterator[dict]:
-        if not data:
-            raise ValueError("synthetic_fine needs a local folder; write one with "
-                             "`python -m pipeline.samples --out DIR --tasks synthetic_fine`")
-        root = media_root_for(data)
-        for row in load_rows(data, (), limit=limit, split=split or "test"):
+             config: Optional[str] = None, start: int = 0, stop: Optional[int] = None) -> Iterator[dict]:
+        root = media_root_for(_local(data))
+        for row in load_rows(data, (), limit=limit, split=split or "test", start=start, stop=stop):
             yield {**row, MEDIA_ROOT: root}
+
+    def count(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
+              config: Optional[str] = None) -> int:
+        return count_rows(_local(data), (), limit=limit, split=split or "test")
 
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
         options = list(row.get("options") or [])
@@ -88,6 +89,13 @@ class SyntheticFine(Task):
 
     def aggregate(self, results: list[dict]) -> dict[str, float]:
         return accuracy(results, "kind")
+
+
+def _local(data: Optional[str]) -> str:
+    if not data:
+        raise ValueError("synthetic_fine needs a local folder; write one with "
+                         "`python -m pipeline.samples --out DIR --tasks synthetic_fine`")
+    return data
 
 
 register_task(SyntheticFine())

@@ -59,7 +59,7 @@ def test_folder_gives_one_row_per_file_and_the_corrupt_one_its_error(local_ray, 
             assert row["error"] is None and isinstance(row["output"], str), row
             assert 0 < row["visual_tokens_after"] < row["visual_tokens_before"]
             assert row["prefill_s"] > 0 and row["method"] == "vlm_pruner" and row["pruning_rate"] == 0.75
-    assert len(list((out / "parts").glob("part-*.parquet"))) == 3  # chunks of 2
+    assert len(list((out / "rows").rglob("part-*.parquet"))) == 3  # chunks of 2
     assert json.loads((out / "summary.json").read_text())["annotated"] == 5
 
 
@@ -70,7 +70,7 @@ def test_a_rerun_resumes_after_an_interruption(local_ray, tmp_path):
     before = rows(out)
 
     # Interrupted: a part never written. Meanwhile two files arrive.
-    lost = sorted((out / "parts").glob("part-*.parquet"))[1]
+    lost = sorted((out / "rows").rglob("part-*.parquet"))[1]
     lost_ids = set(pq.read_table(lost, columns=["id"]).column("id").to_pylist())
     lost.unlink()
     shape_image("purple", "circle").save(data / "new1.png")

@@ -91,7 +91,8 @@ def sweep(tmp_path_factory):
     config.write_text(yaml.safe_dump({
         "model": "tiny:qwen2_vl", "tasks": tasks,
         "grid": {"methods": ["vlm_pruner", "random"], "pruning_rates": [0.778]},
-        "resources": {"actors": 1, "batch_size": 2, "frames": 8}, "mlflow": {"experiment": EXPERIMENT}}))
+        "resources": {"actors": 1, "batch_size": 2, "frames": 8}, "mlflow": {"experiment": EXPERIMENT},
+        "output": str(root / "rows")}))
     return config, uri
 
 

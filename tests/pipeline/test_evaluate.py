@@ -13,6 +13,7 @@ import ray
 
 from pipeline import evaluate
 from pipeline.samples import main as write_samples
+from pipeline.sources import task_source
 from pruning import PruningConfig
 
 
@@ -30,32 +31,36 @@ def sample_sets(tmp_path_factory):
     return root
 
 
+def expected_ids(task: str, data) -> list[str]:
+    source = task_source(task, str(data))
+    return [str(sample.id) for _, sample in source.samples(0, source.count())]
+
+
 @pytest.mark.parametrize("task", ["pope", "egoschema"])
 def test_every_sample_has_exactly_one_row(local_ray, sample_sets, tmp_path, task):
-    samples = evaluate.read_samples(task, str(sample_sets / task))
-    assert len(samples) == 5  # 3 good + one corrupt + one missing
+    ids = expected_ids(task, sample_sets / task)
+    assert len(ids) == 5  # 3 good + one corrupt + one missing
     configs = [PruningConfig.none(), PruningConfig(method="vlm_pruner", pruning_rate=0.75)]
     resources = evaluate.Resources(batch_size=2, frames=8)
-    results = evaluate.evaluate_configs(task, samples, "tiny:qwen2_vl", configs, resources)
+    results = evaluate.evaluate([task_source(task, str(sample_sets / task))], "tiny:qwen2_vl", configs,
+                                tmp_path / "out", resources)[task]
     assert [r.config for r in results] == configs
     for result in results:
-        assert [row["id"] for row in result.rows] == [str(s.id) for s in samples]
-        errors = [row for row in result.rows if row["error"]]
-        assert len(errors) == 2, [row["error"] for row in result.rows]
-        for row in result.rows:
+        rows = result.rows()
+        assert [row["id"] for row in rows] == ids
+        errors = [row for row in rows if row["error"]]
+        assert len(errors) == 2, [row["error"] for row in rows]
+        for row in rows:
             if row["error"]:
                 assert row["score"] == 0.0 and row["output"] is None
             else:
                 assert row["output"] is not None and row["visual_tokens_before"] > 0
         assert result.metrics["samples"] == 5 and result.metrics["errors"] == 2
         assert "score" in result.metrics
+        assert set(evaluate.OUTPUT_COLUMNS) <= set(rows[0])
     unpruned, pruned = results
     assert pruned.metrics["visual_tokens_after"] < unpruned.metrics["visual_tokens_after"]
     assert unpruned.metrics["visual_tokens_after"] == unpruned.metrics["visual_tokens_before"]
-
-    path = evaluate.write_predictions(pruned.rows, tmp_path / "predictions.parquet")
-    table = pq.read_table(path).to_pylist()
-    assert len(table) == 5 and set(evaluate.OUTPUT_COLUMNS) <= set(table[0])
 
 
 def test_command_line_writes_predictions_and_summary(local_ray, sample_sets, tmp_path, capsys):

@@ -1,0 +1,232 @@
+"""One builder for the pipeline every entry point runs (pipeline.evaluate, jobs/sweep.py,
+jobs/annotate.py): sources x grid points -> the results store, as one Ray Data job.
+
+    ranges -> read -> decode -> infer (actor pool) -> score -> write      (pipeline.stages)
+
+The driver only plans and counts: how many rows each source has and which (row, point)
+pairs the store already holds are worked out by Ray tasks (:func:`prepare`); the
+driver hands the read stage ranges of row indices, never a sample, and gets back one
+small WRITTEN row per part file the workers wrote. Its memory does not grow with the
+data, and a run that is interrupted loses at most the rows in flight: the next run
+reads what is stored and computes the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from pipeline import rows as contract
+from pipeline.store import RowStore, rows_key
+from pipeline.stages import DecodeStage, InferStage, ReadStage, ScoreStage, Todo, WriteStage
+
+log = logging.getLogger("pipeline.job")
+
+DECODE_CPUS = 0.5  # per decode task: two decode while one actor holds a core
+# Model batches per block (and so per decode task and per actor task): Ray Data's per-task
+# cost (~15-20 ms between tasks, ~2 ms between calls of one task on this machine) falls
+# once per four model calls, and every model call but a block's last gets a full batch.
+BATCHES_PER_BLOCK = 4
+WRITE_ROWS = 256  # rows per write task: a part file holds up to this many per (source, point)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the infer stage is spread: actors (one model each), GPUs per actor, batch size."""
+
+    actors: int = 1
+    num_gpus: float = 0.0
+    cpus_per_actor: float = 1.0
+    batch_size: int = 4
+    frames: int = 32
+    max_pixels: Optional[int] = None
+    device: Optional[str] = None  # default: cuda when the actor has a GPU, else cpu
+    dtype: Optional[str] = None
+    threads: Optional[int] = None  # torch CPU threads per actor (default: Ray's, = cpus_per_actor)
+
+    def inputs(self) -> dict:
+        """What changes the model's inputs or numbers (part of every stored row's key)."""
+        return {"frames": self.frames, "max_pixels": self.max_pixels, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A job: every source's rows under every point, stored in ``store``.
+
+    ``keep_errors=False`` (``--retry-errors``) answers again the rows stored with an error."""
+
+    model: str
+    sources: tuple
+    points: tuple  # PruningConfig per point id
+    store: str
+    resources: Resources = field(default_factory=Resources)
+    keep_errors: bool = True
+    write_rows: int = WRITE_ROWS  # rows per part file at most: what an interruption loses per write task
+
+    def key(self, source, point: int) -> str:
+        return rows_key(self.model, source, self.resources.inputs(), self.points[point].to_dict())
+
+    def keys(self) -> dict[str, list[str]]:
+        return {s.name: [self.key(s, p) for p in range(len(self.points))] for s in self.sources}
+
+
+@dataclass
+class Progress:
+    """What a job found and did: per source its rows, per (source, point) the rows that
+    were still to answer when it started and the rows it wrote."""
+
+    counts: dict[str, int]
+    pending: dict[tuple[str, int], int]
+    written: dict[tuple[str, int], int] = field(default_factory=dict)
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total_pending(self) -> int:
+        return sum(self.pending.values())
+
+    def complete(self, point: int) -> bool:
+        """Every row of every source is stored under ``point``."""
+        return all(self.written.get((name, point), 0) >= todo
+                   for (name, p), todo in self.pending.items() if p == point)
+
+
+def init_ray() -> None:
+    """Join RAY_ADDRESS's cluster when set, else start a local one (once per process)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level=logging.WARNING,
+                 include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None,
+                 log_to_driver=False)
+
+
+def prepare(plan: Plan) -> tuple[dict, dict, dict]:
+    """``(counts, pending, todo refs)``, from Ray tasks: each source's row count, per
+    (source, point) how many rows the store does not hold yet, and per source an object
+    ref of its :class:`Todo` (for the read stage; the driver never fetches it)."""
+    import ray
+
+    @ray.remote(num_cpus=DECODE_CPUS, num_returns=3)
+    def plan_source(source, store: str, keys: list[str], keep_errors: bool):
+        count = source.count()
+        masks = [~RowStore(store).done(source.name, key, count, keep_errors=keep_errors) for key in keys]
+        return count, [int(m.sum()) for m in masks], Todo(range(len(keys)), masks)
+
+    keys = plan.keys()
+    refs = {s.name: plan_source.remote(s, plan.store, keys[s.name], plan.keep_errors) for s in plan.sources}
+    counts = {name: ray.get(r[0]) for name, r in refs.items()}
+    pending = {(name, p): n for name, r in refs.items() for p, n in enumerate(ray.get(r[1]))}
+    return counts, pending, {name: r[2] for name, r in refs.items()}
+
+
+def run(plan: Plan, *, on_start: Optional[Callable[[Progress], None]] = None,
+        on_written: Optional[Callable[[dict], None]] = None, desc: str = "answers") -> Progress:
+    """Run ``plan`` to completion. ``on_start`` sees what is to do before any work;
+    ``on_written`` each WRITTEN row as it arrives (``progress.written`` already counts it)."""
+    import ray
+    from tqdm import tqdm
+
+    init_ray()
+    start = time.perf_counter()
+    counts, pending, todo = prepare(plan)
+    progress = Progress(counts, pending)
+    if on_start is not None:
+        on_start(progress)
+    total = progress.total_pending
+    log.info("%d rows in %d sources x %d points; %d (row, point) answers to compute, %d stored",
+             sum(counts.values()), len(counts), len(plan.points), total,
+             sum(counts.values()) * len(plan.points) - total)
+    if total:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # one bar: the job's own
+        bar = tqdm(total=total, desc=desc, unit="answer", file=sys.stderr, mininterval=1.0)
+        for batch in build(plan, counts, todo).iter_batches(batch_size=None, batch_format="pyarrow"):
+            for written in batch.to_pylist():
+                key = (written["task"], written["point"])
+                progress.written[key] = progress.written.get(key, 0) + written["rows"]
+                progress.errors += written["errors"]
+                bar.update(written["rows"])
+                bar.set_postfix(errors=progress.errors, refresh=False)
+                if on_written is not None:
+                    on_written(written)
+        bar.close()
+    progress.seconds = time.perf_counter() - start
+    return progress
+
+
+def build(plan: Plan, counts: dict, todo: dict):
+    """The Ray Dataset of the whole pipeline over ``plan`` (see the module docstring)."""
+    import ray
+
+    r = plan.resources
+    block = r.batch_size * BATCHES_PER_BLOCK
+    ranges = [{"source": name, "start": start, "stop": min(start + block, count)}
+              for name, count in counts.items() for start in range(0, count, block)]
+    gpu = r.num_gpus > 0
+    cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    actor_cpus = _actor_cpus(r, cluster_cpus)
+    warm_cpu_workers(plan.model, cluster_cpus - r.actors * actor_cpus)
+    scored = [s.name for s in plan.sources if s.scored]
+    ds = ray.data.from_items(ranges, override_num_blocks=max(1, len(ranges)))
+    # Stateless stages run as tasks (an instance is a plain callable to Ray Data); the
+    # infer stage is a class, so Ray Data runs it as an actor pool. Reading and decoding
+    # ask for their own CPU share: with remote arguments unlike the actors', Ray Data
+    # does not fuse them into the actor, so the model never waits on them.
+    ds = ds.map_batches(ReadStage({s.name: s for s in plan.sources}, todo), batch_size=1,
+                        batch_format="pyarrow", num_cpus=DECODE_CPUS)
+    ds = ds.map_batches(DecodeStage(plan.model, r.frames, r.max_pixels), batch_size=r.batch_size,
+                        batch_format="pyarrow", num_cpus=DECODE_CPUS)
+    ds = ds.map_batches(InferStage, fn_constructor_kwargs={
+                            "model": plan.model, "points": [p.to_dict() for p in plan.points],
+                            "device": r.device or ("cuda" if gpu else "cpu"), "dtype": r.dtype,
+                            "threads": r.threads},
+                        batch_size=r.batch_size, batch_format="pyarrow",
+                        compute=ray.data.ActorPoolStrategy(size=r.actors), num_gpus=r.num_gpus,
+                        num_cpus=actor_cpus)
+    ds = ds.map_batches(ScoreStage(scored), batch_format="pyarrow", batch_size=plan.write_rows,
+                        num_cpus=DECODE_CPUS)
+    return ds.map_batches(WriteStage(plan.store, plan.keys()), batch_format="pyarrow", batch_size=plan.write_rows,
+                          num_cpus=DECODE_CPUS)
+
+
+def warm_cpu_workers(model: str, free_cpus: float) -> None:
+    """Start the CPU stage's worker processes while the actors load their models: one
+    task per decode slot left beside the actors imports torch and transformers and loads
+    ``model``'s processor (cached per process), and Ray hands the decode tasks to these
+    idle workers. Without it the first decode tasks pay that start-up (seconds) while the
+    model waits (benchmarks/pipeline.py). Fire and forget: a failure here only loses the
+    head start."""
+    import ray
+
+    @ray.remote(num_cpus=DECODE_CPUS)
+    def warm(spec: str) -> None:
+        from pipeline.infer import Preparer
+
+        Preparer.from_spec(spec)
+
+    for _ in range(max(1, min(8, int(free_cpus / DECODE_CPUS)))):
+        warm.remote(model)
+
+
+def _actor_cpus(resources: Resources, cluster_cpus: float) -> float:
+    """CPUs each actor reserves, lowered when the actors would leave none for decoding
+    (e.g. 2 actors on a 2-CPU machine): Ray's CPUs are logical, and a decode stage that can
+    never be scheduled would stall the whole pipeline."""
+    wanted = resources.cpus_per_actor
+    if resources.actors * wanted + DECODE_CPUS > cluster_cpus:
+        wanted = max(0.1, (cluster_cpus - DECODE_CPUS) / resources.actors)
+    return wanted
+
+
+def stored(plan: Plan, source, point: int, count: int, columns: Optional[Sequence[str]] = None):
+    """The stored SCORED rows of ``source`` under ``point`` (first ``count`` rows), as Arrow."""
+    return RowStore(plan.store).read(source.name, plan.key(source, point), count=count, columns=columns)
+
+
+__all__ = ["BATCHES_PER_BLOCK", "Plan", "Progress", "Resources", "build", "contract", "init_ray", "prepare",
+           "run", "stored"]
