@@ -215,6 +215,9 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames sampled per video")
     parser.add_argument("--max-pixels", type=int, help="resize video frames to at most this many pixels")
     parser.add_argument("--dtype", help="model dtype, e.g. bfloat16 (default: the checkpoint's)")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="generation budget instead of the task's own (smoke tests; scores are then not the "
+                             "benchmark's)")
     parser.add_argument("--retry-errors", action="store_true",
                         help="answer again the samples stored with an error (e.g. media that were unavailable)")
     args = parser.parse_args(argv)
@@ -224,7 +227,8 @@ def main(argv=None) -> None:
         get_task(args.task)
     except ValueError as exc:
         parser.error(str(exc))
-    source = task_source(args.task, args.data, limit=args.limit, media_root=args.media_root, frames=args.frames)
+    source = task_source(args.task, args.data, limit=args.limit, media_root=args.media_root, frames=args.frames,
+                         max_new_tokens=args.max_new_tokens)
     resources = Resources(actors=args.actors, num_gpus=args.num_gpus, batch_size=args.batch_size,
                           frames=args.frames, max_pixels=args.max_pixels, dtype=args.dtype)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -80,12 +80,17 @@ class Generator:
     """
 
     def __init__(self, model_spec: str, *, device: str = "cpu", dtype: Optional[str] = None,
-                 attn_implementation: str = "sdpa", cache_dir: Optional[str] = None):
+                 attn_implementation: str = "sdpa", cache_dir: Optional[str] = None,
+                 device_map: Optional[str | dict] = None, **load_kwargs):
         self.model, self.processor = load_model(model_spec, dtype=dtype, device=device,
-                                                attn_implementation=attn_implementation, cache_dir=cache_dir)
+                                                attn_implementation=attn_implementation, cache_dir=cache_dir,
+                                                device_map=device_map, **load_kwargs)
         self.family = self.model.config.model_type
         self.preparer = Preparer(self.processor, self.family)
-        self.device = torch.device(device)
+        # Where inputs go: the device, or with a device_map the first GPU (the embeddings'
+        # under "auto"; accelerate moves each layer's inputs to its own device).
+        self.device = torch.device(device) if device_map is None else \
+            torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
         self._handle: Optional[pruning.PruningHandle] = None
         self._forward_times: list[float] = []
         self.model.register_forward_pre_hook(lambda *_: self._forward_times.append(time.perf_counter()))
@@ -135,13 +140,15 @@ class Generator:
         inputs = inputs.to(self.device)
         max_new = max(max_new_tokens)
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            for index in range(torch.cuda.device_count()):  # every GPU a split model uses
+                torch.cuda.synchronize(index)
+                torch.cuda.reset_peak_memory_stats(index)
         self._forward_times.clear()
         start = time.perf_counter()
         out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            for index in range(torch.cuda.device_count()):
+                torch.cuda.synchronize(index)
         end = time.perf_counter()
         times = self._forward_times
         first_end = times[1] if len(times) > 1 else end
@@ -303,6 +310,8 @@ def _metadata(request: Request):
 
 
 def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA peak allocated memory over every GPU this process sees (an actor's, for a
+    model split over them), or the process's peak RSS on the CPU."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -31,7 +31,6 @@ DECODE_CPUS = 0.5  # per decode task: two decode while one actor holds a core
 # cost (~15-20 ms between tasks, ~2 ms between calls of one task on this machine) falls
 # once per four model calls, and every model call but a block's last gets a full batch.
 BATCHES_PER_BLOCK = 4
-WRITE_ROWS = 256  # rows per write task: a part file holds up to this many per (source, point)
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,10 @@ class Plan:
     store: str
     resources: Resources = field(default_factory=Resources)
     keep_errors: bool = True
-    write_rows: int = WRITE_ROWS  # rows per part file at most: what an interruption loses per write task
+    # Rows per write task (a part file holds at most this many per (source, point)): what
+    # an interruption can lose beyond the model batches in flight. None: one block of
+    # BATCHES_PER_BLOCK model batches.
+    write_rows: Optional[int] = None
 
     def key(self, source, point: int) -> str:
         return rows_key(self.model, source, self.resources.inputs(), self.points[point].to_dict())
@@ -184,13 +186,15 @@ def build(plan: Plan, counts: dict, todo: dict):
     ds = ds.map_batches(InferStage, fn_constructor_kwargs={
                             "model": plan.model, "points": [p.to_dict() for p in plan.points],
                             "device": r.device or ("cuda" if gpu else "cpu"), "dtype": r.dtype,
-                            "threads": r.threads},
+                            "threads": r.threads,
+                            # More than one GPU per actor: the model split over the actor's GPUs.
+                            "device_map": "auto" if r.num_gpus > 1 else None},
                         batch_size=r.batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=r.actors), num_gpus=r.num_gpus,
                         num_cpus=actor_cpus)
-    ds = ds.map_batches(ScoreStage(scored), batch_format="pyarrow", batch_size=plan.write_rows,
-                        num_cpus=DECODE_CPUS)
-    return ds.map_batches(WriteStage(plan.store, plan.keys()), batch_format="pyarrow", batch_size=plan.write_rows,
+    write = plan.write_rows or block
+    ds = ds.map_batches(ScoreStage(scored), batch_format="pyarrow", batch_size=write, num_cpus=DECODE_CPUS)
+    return ds.map_batches(WriteStage(plan.store, plan.keys()), batch_format="pyarrow", batch_size=write,
                           num_cpus=DECODE_CPUS)
 
 

@@ -44,6 +44,8 @@ def load_model(
     device: str | torch.device = "cpu",
     attn_implementation: str = "sdpa",
     cache_dir: str | os.PathLike | None = None,
+    device_map: str | dict | None = None,
+    **load_kwargs,
 ) -> tuple[PreTrainedModel, ProcessorMixin]:
     """The model (in eval mode, on ``device``) and processor named by ``spec``.
 
@@ -53,15 +55,21 @@ def load_model(
                 (float32 for tiny models).
     cache_dir:  where tiny checkpoints are built (default ~/.cache/vlm-prune-eval/tiny);
                 real checkpoints use the Hugging Face cache as usual.
+    device_map: instead of ``device``, the model split over devices by accelerate
+                (``"auto"``: every GPU this process sees, e.g. a Ray actor's), with any
+                other ``from_pretrained`` arguments (``max_memory``, ``offload_folder``).
     """
     path = _checkpoint(spec, cache_dir)
     # The auto class picks the family's class (Qwen2VLForConditionalGeneration, ...)
     # from the config's model_type.
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=_resolve_dtype(dtype), attn_implementation=attn_implementation
+        path, dtype=_resolve_dtype(dtype), attn_implementation=attn_implementation,
+        **({"device_map": device_map} if device_map is not None else {}), **load_kwargs
     )
     processor = AutoProcessor.from_pretrained(path)
-    return model.to(device).eval(), processor
+    if device_map is None:
+        model = model.to(device)
+    return model.eval(), processor
 
 
 def load_processor(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> ProcessorMixin:

@@ -30,6 +30,7 @@ class TaskSource:
     limit: Optional[int] = None
     media_root: Optional[str] = None  # where media files live (default: the rows' own, see the task)
     frames: int = 32  # frames the model is shown (Video-MME's subtitles follow them)
+    max_new_tokens: Optional[int] = None  # instead of the task's generation budget (smoke tests, benchmarks)
 
     @property
     def name(self) -> str:
@@ -51,11 +52,13 @@ class TaskSource:
                 sample = task.sample(row, media_root=self.media_root, **extra)
             except Exception as exc:  # a row the task cannot read is that sample's error
                 sample = Sample(id=str(row.get("id", index)), prompt="", error=f"row: {type(exc).__name__}: {exc}")
+            if self.max_new_tokens is not None:
+                sample.max_new_tokens = self.max_new_tokens
             yield index, sample
 
 
 def task_source(task: str, data: str, *, limit: Optional[int] = None, media_root: Optional[str] = None,
-                frames: int = 32) -> TaskSource:
+                frames: int = 32, max_new_tokens: Optional[int] = None) -> TaskSource:
     """A :class:`TaskSource`, a local ``data`` path made absolute (workers may run
     elsewhere) and, for a local path, media looked up next to it unless ``media_root``
     says otherwise."""
@@ -64,7 +67,8 @@ def task_source(task: str, data: str, *, limit: Optional[int] = None, media_root
         data = str(path.resolve())
         if media_root is None:
             media_root = data if path.is_dir() else str(path.resolve().parent)
-    return TaskSource(task, data, limit, str(Path(media_root).resolve()) if media_root else None, frames)
+    return TaskSource(task, data, limit, str(Path(media_root).resolve()) if media_root else None, frames,
+                      max_new_tokens)
 
 
 @dataclass(frozen=True)

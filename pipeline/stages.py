@@ -138,7 +138,7 @@ class InferStage:
     config table (``PruningConfig.to_dict()`` per point id) the rows' ids index."""
 
     def __init__(self, model: str, points: Sequence[dict], device: str = "cpu", dtype: Optional[str] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, device_map: Optional[str] = None):
         import torch
 
         from pipeline.infer import Generator
@@ -147,7 +147,7 @@ class InferStage:
         if threads:  # Ray pins OMP threads to the actor's num_cpus; CPU runs may want more
             torch.set_num_threads(threads)
         self.configs = [PruningConfig.from_dict(p) for p in points]
-        self.generator = Generator(model, device=device, dtype=dtype)
+        self.generator = Generator(model, device=device, dtype=dtype, device_map=device_map)
         self.generator.warm_up()  # the first batch's timings would carry one-off costs
 
     def __call__(self, batch: pa.Table) -> pa.Table:

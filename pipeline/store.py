@@ -80,20 +80,23 @@ class RowStore:
 
     def read(self, source: str, key: str, *, count: Optional[int] = None,
              columns: Optional[Sequence[str]] = None) -> pa.Table:
-        """The stored rows, one per index (the first written wins), sorted by index;
-        only indices below ``count`` when given."""
+        """The stored rows, one per index, sorted by index; only indices below ``count``
+        when given. An index stored twice (a retried task, or ``--retry-errors``) gives
+        its row without an error when there is one."""
         parts = self.parts(source, key)
         wanted = list(columns) if columns is not None else contract.names(contract.SCORED)
-        if "index" not in wanted:
-            wanted = ["index", *wanted]
+        wanted = list(dict.fromkeys(["index", "error", *wanted]))
         if not parts:
             return contract.schema([c for c in contract.SCORED if c.name in wanted]).empty_table()
         table = pa.concat_tables([pq.read_table(p, columns=wanted, filesystem=self.fs) for p in parts])
         if count is not None:
             table = table.filter(pc.less(table["index"], count))
         index = table["index"].to_numpy()
-        _, first = np.unique(index, return_index=True)  # sorted by index, first occurrence kept
-        return table.take(pa.array(first))
+        failed = table["error"].is_valid().to_numpy(zero_copy_only=False)
+        order = np.lexsort((failed, index))  # by index, rows without an error first
+        _, first = np.unique(index[order], return_index=True)
+        table = table.take(pa.array(order[first]))
+        return table if columns is None or "error" in columns else table.drop_columns(["error"])
 
     def done(self, source: str, key: str, count: int, *, keep_errors: bool = True) -> np.ndarray:
         """(count,) bool: which of the source's rows are stored under ``key``; with

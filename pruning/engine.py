@@ -180,7 +180,7 @@ class PruningHandle:
             # added since the prefill (one per token).
             step = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
             if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-                d["new_columns"] = mask[:, d["seq_len"]:].to(torch.long)
+                d["new_columns"] = mask[:, d["seq_len"]:].to(d["mask"].device, torch.long)
             else:
                 d["new_columns"] = d["mask"].new_ones(d["mask"].shape[0], d["seen"] + step - d["seq_len"])
             d["seen"] += step
@@ -224,7 +224,7 @@ class PruningHandle:
         b, _, s, d = k.shape
         pending["keys"] = k.transpose(1, 2).reshape(b, s, -1)  # (B, S, kv_heads * d)
         if fastv:
-            pending["attention"] = last_token_attention(q, k, pending["mask"], module.scaling)
+            pending["attention"] = last_token_attention(q, k, pending["mask"].to(q.device), module.scaling)
         return None
 
     # -- layer K: prune ---------------------------------------------------------------
@@ -249,9 +249,14 @@ class PruningHandle:
                                "attention_mask keyword (the engine swaps them)",
                                f"got keywords {', '.join(kwargs)}")
         cos, sin = seams.rotary_tables(kwargs, hidden.shape[1], f"decoder layer {self.layer}")
+        # A model split over devices (device_map): what earlier layers and the model's
+        # inputs gave sits elsewhere; everything is moved to this layer's device once.
+        device = hidden.device
+        cos, sin = cos.to(device), sin.to(device)
+        pending = self._pending = _to_device(pending, device)
         batch, seq_len = hidden.shape[:2]
         stats = CallStats(seq_len=seq_len)
-        normed = self.text.norm(hidden) if config.method == "dart" else None
+        normed = self.text.norm(hidden).to(device) if config.method == "dart" else None
         keep_rows, new_states = [], []
         for b in range(batch):
             keep = torch.ones(seq_len, dtype=torch.bool, device=hidden.device)
@@ -300,7 +305,7 @@ class PruningHandle:
                 "attention_mask": self._causal_mask(new_hidden, pruned_mask, cache)}
         position_ids = kwargs.get("position_ids")
         if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == seq_len:
-            swap["position_ids"] = _gather_last(position_ids, safe)
+            swap["position_ids"] = _gather_last(position_ids.to(device), safe)
         self._swap, self.keep_index = swap, keep_index
         self._decode = {"mask": pruned_mask, "seq_len": seq_len, "seen": seq_len,
                         "cache": cache, "cache_len": None}
@@ -405,6 +410,13 @@ def last_token_attention(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, s
     valid = (mask > 0) & (torch.arange(s, device=mask.device)[None] <= last[:, None])
     logits = logits.masked_fill(~valid[:, None, :], -math.inf)
     return torch.softmax(logits, dim=-1)
+
+
+def _to_device(pending: dict, device: torch.device) -> dict:
+    """``pending`` (spans, padding mask, captured signals) with its tensors on ``device``."""
+    out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in pending.items()}
+    out["spans"] = [[Span(s.positions.to(device), s.grid, s.kind) for s in spans] for spans in pending["spans"]]
+    return out
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
