@@ -104,8 +104,7 @@ def run(config: SweepConfig, model, *, base: Path, name: str,
               f"{len(points) - len(todo)} already finished, {len(todo)} to run", flush=True)
         summaries = {k: report.PointSummary(names[k], k, p, run.data.metrics, run.info.run_id, new=False)
                      for p, k in zip(points, keys) if (run := done.get(k))}
-        sources = tuple(task_source(t.name, str(_prepare(config, t, base)), limit=t.limit,
-                                    frames=config.resources.frames) for t in config.tasks)
+        sources = tuple(task_source(t.name, str(_prepare(config, t, base)), limit=t.limit) for t in config.tasks)
         predictions = {}  # point key -> its predictions file (this run's points)
         if todo:
             plan = job.Plan(config.model, sources, tuple(p for p, _ in todo), config.output_uri(),

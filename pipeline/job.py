@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from pipeline import rows as contract
-from pipeline.store import RowStore, rows_key
 from pipeline.stages import DecodeStage, InferStage, ReadStage, ScoreStage, Todo, WriteStage
+from pipeline.store import RowStore, rows_key
+from pipeline.tasks.scoring import LMMS_EVAL, scoring_label
 
 log = logging.getLogger("pipeline.job")
 
@@ -57,7 +58,8 @@ class Resources:
 class Plan:
     """A job: every source's rows under every point, stored in ``store``.
 
-    ``keep_errors=False`` (``--retry-errors``) answers again the rows stored with an error."""
+    ``keep_errors=False`` (``--retry-errors``) answers again the rows stored with an error.
+    ``scoring``: how the rows are scored (a checked ``pipeline.tasks.scoring`` name)."""
 
     model: str
     sources: tuple
@@ -66,9 +68,11 @@ class Plan:
     resources: Resources = field(default_factory=Resources)
     keep_errors: bool = True
     write_rows: int = WRITE_ROWS  # rows per part file at most: what an interruption loses per write task
+    scoring: str = LMMS_EVAL
 
     def key(self, source, point: int) -> str:
-        return rows_key(self.model, source, self.resources.inputs(), self.points[point].to_dict())
+        return rows_key(self.model, source, self.resources.inputs(), self.points[point].to_dict(),
+                        scoring_label(self.scoring))
 
     def keys(self) -> dict[str, list[str]]:
         return {s.name: [self.key(s, p) for p in range(len(self.points))] for s in self.sources}
@@ -188,7 +192,7 @@ def build(plan: Plan, counts: dict, todo: dict):
                         batch_size=r.batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=r.actors), num_gpus=r.num_gpus,
                         num_cpus=actor_cpus)
-    ds = ds.map_batches(ScoreStage(scored), batch_format="pyarrow", batch_size=plan.write_rows,
+    ds = ds.map_batches(ScoreStage(scored, plan.scoring), batch_format="pyarrow", batch_size=plan.write_rows,
                         num_cpus=DECODE_CPUS)
     return ds.map_batches(WriteStage(plan.store, plan.keys()), batch_format="pyarrow", batch_size=plan.write_rows,
                           num_cpus=DECODE_CPUS)
