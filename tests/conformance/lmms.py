@@ -18,6 +18,8 @@ markers, ``include:`` followed), and the prompt kwargs and generation kwargs res
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -110,13 +112,19 @@ TASKS = {
 
 def task_config(task: str) -> dict[str, Any]:
     """The yaml config of the lmms-eval task our ``task`` follows."""
+    return copy.deepcopy(_task_config(task))
+
+
+@functools.cache
+def _task_config(task: str) -> dict[str, Any]:
     return config(*TASKS[task])
 
 
+@functools.cache
 def function(task: str, key: str, hf_home: Optional[str] = None):
     """The function a task yaml names under ``key`` (``!function en_utils.mmbench_doc_to_text``),
     or for ``metric_list`` entries ``key`` = ``"metric:<name>"``, that metric's aggregation."""
-    cfg = task_config(task)
+    cfg = _task_config(task)
     if key.startswith("metric:"):
         (value,) = [m["aggregation"] for m in cfg["metric_list"] if m["metric"] == key.split(":", 1)[1]]
     else:

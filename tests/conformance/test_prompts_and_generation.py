@@ -71,3 +71,17 @@ def test_model_default_budgets_are_lmms_evals_wrappers(family):
     source = (lmms.root() / "models" / WRAPPERS[family]).read_text()
     default = re.search(r'"max_new_tokens"\]?\s*[:=]\s*(\d+)', source)
     assert default and int(default.group(1)) == WRAPPER_MAX_NEW_TOKENS[family]
+
+
+@pytest.mark.parametrize("ext, fps, frames", [(".mp4", 8, 320), (".MP4", 25, 50), (".mkv", 30, 97), (".mkv", 8, 321)])
+def test_video_fps_and_frame_count_are_what_lmms_eval_reads(tmp_path, ext, fps, frames):
+    """Video-MME's subtitles are chosen by the video's fps and frame count: lmms-eval reads
+    them with OpenCV, we with decord (no nb_frames in Matroska: both estimate)."""
+    import cv2
+
+    from pipeline.samples import video_frames, write_video
+    from pipeline.video import video_fps_and_length
+
+    path = str(write_video(tmp_path / f"clip{ext}", video_frames("blue", "left", frames), fps=fps))
+    capture = cv2.VideoCapture(path)
+    assert video_fps_and_length(path) == (capture.get(cv2.CAP_PROP_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
