@@ -347,10 +347,16 @@ _NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 def exact_match(prediction: str, gold: str) -> float:
     """lmms-eval's ``exact_match`` metric with ignore_case and ignore_punctuation
     (lmms_eval/api/metrics.py ``exact_match_hf_evaluate``, GQA): both lower-cased, ASCII
-    punctuation removed, then compared as they are, so "yes ." is not "yes". Trailing NUL
-    characters are dropped first, as numpy's fixed-width strings it compares drop them."""
+    punctuation removed, then compared as they are, so "yes ." is not "yes". It compares
+    numpy fixed-width strings, and so do we: trailing NULs dropped, and the lower-cased
+    text cut to the original's length ("İ" lower-cases to two characters).
+
+    >>> exact_match("İ", "i"), exact_match("İ", "i\u0307")
+    (1.0, 0.0)
+    """
     def form(text: str) -> str:
-        return str(text).rstrip("\x00").lower().translate(_NO_PUNCTUATION)
+        text = str(text)
+        return text.rstrip("\x00").lower()[:len(text)].translate(_NO_PUNCTUATION).rstrip("\x00")
 
     return float(form(prediction) == form(gold))
 

@@ -43,7 +43,7 @@ def short_outputs(gold: str) -> list[str]:
         gold, gold.capitalize(), gold.upper(), f"{gold}.", f"{gold} .", f" {gold} ", f"The {gold}", f"a {gold}",
         f"{gold}!", f"It is {gold}.", f"'{gold}'", f'"{gold}"', f"{gold}, I think", f"{gold}\n", f"{gold}?",
         gold.replace(" ", "-"), f"{gold}s", f"({gold})", f"{gold}..." + "." * 40, f"the answer is {gold}",
-        "yes", "two", "unanswerable", "",
+        "yes", "two", "unanswerable", "", f"İ{gold}", f"{gold}İ.", f"{gold}\x00", f"{gold}\x00.",
     ]
 
 

@@ -379,3 +379,16 @@ def test_metric_names_of_the_lenient_scoring_are_its_own(media):
     both = task_metrics(task, rows, "lenient")
     assert both["score"] == task_metrics(task, results)["score"]
     assert both["lenient/score"] == task_metrics(task, lenient)["score"] != both["score"]
+
+
+@pytest.mark.parametrize("prediction, gold", [
+    ("İ", "i"), ("İ", "i\u0307"), ("noİ", "noi"), ("yes\x00", "yes"), ("yes\x00.", "yes"), ("a\x00b", "ab"),
+    ("Yes.", "yes"), ("yes .", "yes"), ("T-Shirt", "tshirt"), ("ΣΑΣ", "σας"), ("ẞ", "ß"), (" left", "left"),
+])
+def test_exact_match_is_lmms_evals_numpy_comparison(prediction, gold):
+    """GQA's metric compares numpy fixed-width strings: lower-casing cannot grow them."""
+    from pipeline.tasks.common import exact_match
+
+    em = lmms.metrics().exact_match_hf_evaluate(predictions=[prediction], references=[gold], ignore_case=True,
+                                                ignore_punctuation=True)["exact_match"]
+    assert exact_match(prediction, gold) == em
