@@ -50,7 +50,7 @@ class Request:
     fps: float = 1.0  # the source video's frame rate
     frame_indices: Optional[list[int]] = None  # where the frames sit in the source video
     max_new_tokens: Optional[int] = 16  # None: the family's WRAPPER_MAX_NEW_TOKENS
-    stop: tuple[str, ...] = ()  # the answer ends before the first of these; generation stops there
+    until: tuple[str, ...] = ()  # stop strings: the answer ends before the first; generation stops there
 
 
 @dataclass
@@ -128,25 +128,25 @@ class Generator:
     def run(self, requests: Sequence[Request], config: PruningConfig) -> list[Answer]:
         """Greedy answers for ``requests`` as one left-padded batch."""
         return self.generate(self.preparer.inputs(requests), [r.max_new_tokens for r in requests], config,
-                             [r.stop for r in requests])
+                             [r.until for r in requests])
 
     def run_prepared(self, prepared: Sequence[Prepared], config: PruningConfig) -> list[Answer]:
         """:meth:`run` for requests already through :meth:`Preparer.prepare` (elsewhere,
         e.g. in the pipeline's CPU stage): only collation and the model run here."""
         return self.generate(self.preparer.collate(prepared), [p.max_new_tokens for p in prepared], config,
-                             [p.stop for p in prepared])
+                             [p.until for p in prepared])
 
     @torch.no_grad()
     def generate(self, inputs, max_new_tokens: Sequence[Optional[int]], config: PruningConfig,
-                 stops: Optional[Sequence[Sequence[str]]] = None) -> list[Answer]:
+                 until: Optional[Sequence[Sequence[str]]] = None) -> list[Answer]:
         """Greedy answers for a batch of processor ``inputs`` (one per request), each cut at
         its own ``max_new_tokens`` (None: the family's :data:`WRAPPER_MAX_NEW_TOKENS`) and
-        before the first of its ``stops``, as lmms-eval's wrappers cut at ``until``. A
+        before the first of its stop strings ``until``, as lmms-eval's wrappers cut. A
         request stops generating once it has either (the batch runs until all have)."""
         handle = self.use(config)
         inputs = inputs.to(self.device)
         max_new_tokens = [self.default_max_new_tokens if n is None else n for n in max_new_tokens]
-        stops = [tuple(s) for s in stops] if stops is not None else [()] * len(max_new_tokens)
+        stops = [tuple(s) for s in until] if until is not None else [()] * len(max_new_tokens)
         max_new = max(max_new_tokens)
         prompt_length = inputs["input_ids"].shape[1]
         criteria = StoppingCriteriaList([_StopAt(self.processor.tokenizer, prompt_length, max_new_tokens, stops)])
@@ -234,7 +234,7 @@ class Prepared:
 
     inputs: dict[str, np.ndarray]
     max_new_tokens: Optional[int] = 16
-    stop: tuple[str, ...] = ()
+    until: tuple[str, ...] = ()
 
 
 class Preparer:
@@ -284,7 +284,7 @@ class Preparer:
     def prepare(self, request: Request) -> Prepared:
         """``request`` alone through the processor."""
         batch = self.inputs([request])
-        return Prepared({k: v.numpy() for k, v in batch.items()}, request.max_new_tokens, tuple(request.stop))
+        return Prepared({k: v.numpy() for k, v in batch.items()}, request.max_new_tokens, tuple(request.until))
 
     def collate(self, prepared: Sequence[Prepared]):
         """The batch ``inputs`` would give for the prepared requests together.

@@ -55,7 +55,7 @@ READ = _SAMPLE + (
     Column("video", pa.string(), "path of the video file, or null"),
 ) + _GOLD + _columns(
     ("max_new_tokens", pa.int64(), "generation budget (null: the model's default, pipeline.infer)"),
-    ("stop", pa.list_(pa.string()), "stop strings (lmms-eval's until): the answer ends before the first"),
+    ("until", pa.list_(pa.string()), "stop strings (lmms-eval's until): the answer ends before the first"),
     ("points", pa.list_(pa.int32()), "the grid points (ids into the infer stage's table) still to answer"),
 )
 

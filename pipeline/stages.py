@@ -42,7 +42,7 @@ def read_row(index: int, source: str, sample: Sample, points: Sequence[int]) -> 
         "answer": json.dumps(sample.answer), "meta": json.dumps(sample.meta, default=str),
         "error": sample.error,
         "max_new_tokens": None if sample.max_new_tokens is None else int(sample.max_new_tokens),
-        "stop": list(sample.stop), "points": list(points),
+        "until": list(sample.until), "points": list(points),
     }
 
 
@@ -118,7 +118,7 @@ class DecodeStage:
         from pipeline import video
         from pipeline.infer import Request, decode_image
 
-        request = Request(prompt=row["prompt"], max_new_tokens=row["max_new_tokens"], stop=tuple(row["stop"] or ()))
+        request = Request(prompt=row["prompt"], max_new_tokens=row["max_new_tokens"], until=tuple(row["until"] or ()))
         if row.get("video"):
             try:
                 clip = video.read_clip(row["video"], self.frames, max_pixels=self.max_pixels)

@@ -28,7 +28,7 @@ class Sample:
     error:     why the sample cannot be run (missing image, unreadable row), or None.
     max_new_tokens: generation budget for this sample; None: the model's default
                (lmms-eval's model wrappers' own, ``pipeline.infer.WRAPPER_MAX_NEW_TOKENS``).
-    stop:      stop strings (lmms-eval's ``until``): the answer is the generated text up to
+    until:     stop strings (lmms-eval's ``until``): the answer is the generated text up to
                the first of them, and generation stops there.
     """
 
@@ -40,7 +40,7 @@ class Sample:
     meta: dict = field(default_factory=dict)
     error: Optional[str] = None
     max_new_tokens: Optional[int] = 16
-    stop: tuple[str, ...] = ()
+    until: tuple[str, ...] = ()
 
 
 class Task:
@@ -63,7 +63,7 @@ class Task:
     # Generation: lmms-eval's generation_kwargs of the task (max_new_tokens; None: the
     # model wrapper's default) and its `until` stop strings.
     max_new_tokens: Optional[int] = 16
-    stop: tuple[str, ...] = ()
+    until: tuple[str, ...] = ()
 
     def rows(self, data: str, *, limit: Optional[int] = None, start: int = 0, stop: Optional[int] = None,
              **options) -> Iterator[dict]:

@@ -265,7 +265,7 @@ def image_sample(task: Task, id: str, prompt: str, values: Sequence[Any], *, ans
     the task's generation settings."""
     images, error = encode_images(values, root)
     return Sample(id=id, prompt=prompt, images=images, answer=answer, meta=meta, error=error,
-                  max_new_tokens=task.max_new_tokens, stop=tuple(task.stop))
+                  max_new_tokens=task.max_new_tokens, until=tuple(task.until))
 
 
 def is_na(value: Any) -> bool:

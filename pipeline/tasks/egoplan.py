@@ -48,7 +48,7 @@ class EgoPlan(VideoTask):
     name = "egoplan"
     hub = (("EgoLife-v1/EgoPlan", "egoplan", "validation"), ("lmms-lab/EgoPlan", "egoplan", "validation"))
     max_new_tokens = 4096
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
     videos = MediaLayout("egoplan", "", (".mp4", ".MP4", ".mkv"))
 
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
@@ -64,7 +64,7 @@ class EgoPlan(VideoTask):
             meta={"options": [o.strip() for o in options], "video_id": str(row.get("video_id") or "")},
             error=error,
             max_new_tokens=self.max_new_tokens,
-            stop=self.stop,
+            until=self.until,
         )
 
     def parse(self, output: str, sample: Sample) -> str:

@@ -30,7 +30,7 @@ class EgoSchema(VideoTask):
     name = "egoschema"
     hub = (("lmms-lab/egoschema", "Subset", "test"),)
     max_new_tokens = 16
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
     videos = MediaLayout("egoschema", "videos", (".mp4", ".MP4"))
 
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
@@ -48,7 +48,7 @@ class EgoSchema(VideoTask):
             meta={"options": [str(o).strip() for o in options], "video_idx": str(row["video_idx"])},
             error=error,
             max_new_tokens=self.max_new_tokens,
-            stop=self.stop,
+            until=self.until,
         )
 
     def parse(self, output: str, sample: Sample) -> Optional[str]:

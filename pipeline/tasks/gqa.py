@@ -27,7 +27,7 @@ class GQA(ShortAnswerTask):
     name = "gqa"
     hub = (("lmms-lab/GQA", "testdev_balanced_instructions", "testdev"),)
     max_new_tokens = 16
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
 
     def rows(self, data=None, *, limit=None, split=None, config=None, start=0, stop=None):
         for row in super().rows(data, limit=limit, split=split, config=config, start=start, stop=stop):

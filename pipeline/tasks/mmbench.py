@@ -47,7 +47,7 @@ class MMBench(DatasetTask):
     name = "mmbench"
     hub = (("lmms-lab/MMBench", "en", "dev"),)
     max_new_tokens = 1024
-    stop = ("ASSISTANT:",)
+    until = ("ASSISTANT:",)
 
     def sample(self, row, *, media_root=None):
         hint = row.get("hint")

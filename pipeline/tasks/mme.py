@@ -25,7 +25,7 @@ class MME(DatasetTask):
     name = "mme"
     hub = (("lmms-lab/MME", None, "test"),)
     max_new_tokens = 16
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
 
     def sample(self, row, *, media_root=None):
         question = row["question"].strip().replace(" Please answer yes or no.", "")

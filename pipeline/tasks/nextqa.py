@@ -32,7 +32,7 @@ class NExTQA(VideoTask):
     name = "nextqa"
     hub = (("lmms-lab/NExTQA", "MC", "test"),)
     max_new_tokens = None
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
     videos = MediaLayout("nextqa", "NExTVideo", (".mp4", ".MP4"))
 
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
@@ -49,7 +49,7 @@ class NExTQA(VideoTask):
             meta={"options": options, "type": qtype, "family": FAMILIES.get(qtype[:1], "")},
             error=error,
             max_new_tokens=self.max_new_tokens,
-            stop=self.stop,
+            until=self.until,
         )
 
     def parse(self, output: str, sample: Sample) -> Optional[str]:

@@ -24,7 +24,7 @@ class OCRBench(DatasetTask):
     name = "ocrbench"
     hub = (("echo840/OCRBench", None, "test"),)
     max_new_tokens = 128
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
 
     def sample(self, row, *, media_root=None):
         answers = row["answer"] if isinstance(row["answer"], (list, tuple)) else [row["answer"]]

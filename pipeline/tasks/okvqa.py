@@ -19,7 +19,7 @@ class OKVQA(VQATask):
     name = "okvqa"
     hub = (("lmms-lab/OK-VQA", None, "val2014"),)
     max_new_tokens = None
-    stop = ("ASSISTANT:",)
+    until = ("ASSISTANT:",)
 
     def sample(self, row, *, media_root=None):
         answers = [a["answer"] if isinstance(a, dict) else str(a) for a in row["answers"] or []]

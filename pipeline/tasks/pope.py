@@ -23,7 +23,7 @@ class POPE(DatasetTask):
     name = "pope"
     hub = (("lmms-lab/POPE", None, "test"), ("lmms-lab/POPE", "Full", "adversarial"))
     max_new_tokens = 128
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
 
     def sample(self, row, *, media_root=None):
         category = row.get("category") or ""

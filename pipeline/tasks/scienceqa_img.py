@@ -31,7 +31,7 @@ class ScienceQAImg(DatasetTask):
     name = "scienceqa_img"
     hub = (("lmms-lab/ScienceQA", "ScienceQA-IMG", "test"),)
     max_new_tokens = 16
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
 
     def sample(self, row, *, media_root=None):
         choices = list(row["choices"])

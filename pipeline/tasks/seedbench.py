@@ -20,7 +20,7 @@ class SEEDBench(DatasetTask):
     name = "seedbench"
     hub = (("lmms-lab/SEED-Bench", None, "test"),)
     max_new_tokens = None
-    stop = ("ASSISTANT:",)
+    until = ("ASSISTANT:",)
 
     def sample(self, row, *, media_root=None):
         choices = [row[f"choice_{c}"] for c in "abcd"]

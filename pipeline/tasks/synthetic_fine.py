@@ -76,7 +76,7 @@ class SyntheticFine(Task):
             stem, ext = os.path.splitext(row["video"])  # relative to the data folder: no other layout
             path, error = find_media([media_root_of(row, media_root)], stem, (ext,))
             return Sample(id=str(row["id"]), prompt=prompt, video=path, answer=row["answer"], meta=meta,
-                          error=error, max_new_tokens=self.max_new_tokens, stop=self.stop)
+                          error=error, max_new_tokens=self.max_new_tokens, until=self.until)
         return image_sample(self, str(row["id"]), prompt, [row.get("image")], answer=row["answer"], meta=meta,
                             root=media_root_of(row, media_root))
 

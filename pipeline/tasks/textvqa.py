@@ -17,7 +17,7 @@ class TextVQA(VQATask):
     name = "textvqa"
     hub = (("lmms-lab/textvqa", None, "validation"),)
     max_new_tokens = None
-    stop = ("ASSISTANT:",)
+    until = ("ASSISTANT:",)
 
     def sample(self, row, *, media_root=None):
         return image_sample(

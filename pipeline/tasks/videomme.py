@@ -98,7 +98,7 @@ class VideoMME(VideoTask):
     name = "videomme"
     hub = (("lmms-lab/Video-MME", "videomme", "test"),)
     max_new_tokens = 16
-    stop = DEFAULT_UNTIL
+    until = DEFAULT_UNTIL
     with_subtitles = False
     videos = MediaLayout("videomme", "data", (".mp4", ".MP4", ".mkv"))
     subtitles = MediaLayout("videomme", "subtitle", (".srt",))
@@ -117,7 +117,7 @@ class VideoMME(VideoTask):
         meta = {"options": [o.strip() for o in options], "videoID": str(row["videoID"]),
                 **{key: row.get(key) for key in GROUPS}}
         return Sample(id=str(row["question_id"]), prompt=prompt, video=video, answer=row["answer"], meta=meta,
-                      error=error, max_new_tokens=self.max_new_tokens, stop=self.stop)
+                      error=error, max_new_tokens=self.max_new_tokens, until=self.until)
 
     @staticmethod
     def _subtitles(video: str, srt: Optional[str], video_exists: bool) -> tuple[str, Optional[str]]:

@@ -56,9 +56,9 @@ def test_videomme_subtitle_prompts_are_lmms_evals(media, lmms_videomme):
 def test_generation_settings_are_lmms_evals(task, media):
     max_new_tokens, until = lmms.generation(lmms.task_config(task))
     ours = get_task(task)
-    assert (ours.max_new_tokens, tuple(ours.stop)) == (max_new_tokens, until)
+    assert (ours.max_new_tokens, tuple(ours.until)) == (max_new_tokens, until)
     sample = ours.sample(our_row(task, ROWS[task][0], 0), media_root=media)
-    assert (sample.max_new_tokens, tuple(sample.stop)) == (max_new_tokens, until)
+    assert (sample.max_new_tokens, tuple(sample.until)) == (max_new_tokens, until)
 
 
 # Where a task names no max_new_tokens, the budget is the model wrapper's own default.

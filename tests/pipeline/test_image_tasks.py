@@ -70,7 +70,7 @@ def test_mme_prompt_and_acc_plus(tmp_path):
     task = get_task("mme")
     samples = samples_of(task, tmp_path)
     assert samples[0].prompt == "Is there a dog in this image?\nAnswer the question using a single word or phrase."
-    assert (samples[0].answer, samples[0].meta, samples[0].max_new_tokens, samples[0].stop) == (
+    assert (samples[0].answer, samples[0].meta, samples[0].max_new_tokens, samples[0].until) == (
         "yes", {"question_id": "e/1.png", "category": "existence"}, 16, ("\n\n",))
     assert decoded(samples[0]).size == (12, 8)
     # existence: both right; count: one of two right; calculation: unreadable + right
@@ -99,7 +99,7 @@ def test_pope_prompt_and_f1_with_yes_positive(tmp_path):
     samples = samples_of(task, tmp_path)
     assert samples[0].prompt == "Is there a snowboard in the image?\nAnswer the question using a single word or phrase."
     assert samples[0].id == "adversarial/1" and samples[0].answer == "yes"
-    assert (samples[0].max_new_tokens, samples[0].stop) == (128, ("\n\n",))
+    assert (samples[0].max_new_tokens, samples[0].until) == (128, ("\n\n",))
     outputs = ["Yes", "Yes.", "No", "hmm", "Yes", "No", "No", "No"]
     # lmms-eval: the exact word only ("Yes." is neither): TP 1, FN 1, FP 1, TN 3, 2 neither
     metrics = metrics_of(task, samples, outputs)
@@ -175,7 +175,7 @@ def test_mmbench_prompt_and_circular_scoring(tmp_path):
     # an empty hint is still printed (lmms-eval drops only missing and "nan"); "None" is an option
     assert samples[4].prompt.startswith(" How many are red? There are several options:\nA. None\nB. Some\nC. All\n\n")
     assert [s.id for s in samples] == ["1", "1000001", "2", "1000002", "3"]
-    assert (samples[0].max_new_tokens, samples[0].stop) == (1024, ("ASSISTANT:",))
+    assert (samples[0].max_new_tokens, samples[0].until) == (1024, ("ASSISTANT:",))
     # "(A) dog" reads as A, "none" as the option "None"; the last rotation of question 2 is wrong
     metrics = metrics_of(task, samples, ["B", "(A) dog", "A", "A", "none"])
     assert metrics["score"] == pytest.approx(200 / 3) and metrics["questions"] == 3.0
@@ -238,7 +238,7 @@ def test_textvqa_prompt_and_vqa_accuracy(tmp_path):
     [sample] = samples_of(task, tmp_path)
     assert sample.prompt == "What is the brand of this camera?\nAnswer the question using a single word or phrase."
     assert sample.id == "34602" and len(sample.answer) == 10
-    assert (sample.max_new_tokens, sample.stop) == (None, ("ASSISTANT:",))
+    assert (sample.max_new_tokens, sample.until) == (None, ("ASSISTANT:",))
     results = results_of(task, [sample, sample], ["Dakota.", "dakota digital"])
     assert [r["score"] for r in results] == [1.0, pytest.approx(0.9)]
     assert task.aggregate(results)["score"] == pytest.approx(95.0)
@@ -276,7 +276,7 @@ def test_ocrbench_substring_scoring_and_points(tmp_path):
     task = get_task("ocrbench")
     samples = samples_of(task, tmp_path)
     assert samples[0].prompt == "what is written in the image?"
-    assert (samples[0].max_new_tokens, samples[0].stop) == (128, ("\n\n",))
+    assert (samples[0].max_new_tokens, samples[0].until) == (128, ("\n\n",))
     assert [s.id for s in samples] == ["0", "1", "2", "3"]
     outputs = ["The word is chair.", "$x^{2}+1$", "it says 5/5/1990", "tablet"]
     assert [r["score"] for r in results_of(task, samples, outputs)] == [1.0, 1.0, 1.0, 1.0]
@@ -311,7 +311,7 @@ def test_seedbench_prompt_all_images_and_first_character(tmp_path):
     )
     assert len(samples[0].images) == 1 and len(samples[1].images) == 2
     assert decoded(samples[1], 1).getpixel((0, 0)) == (0, 255, 0)
-    assert (samples[0].max_new_tokens, samples[0].stop) == (None, ("ASSISTANT:",))  # the model's default
+    assert (samples[0].max_new_tokens, samples[0].until) == (None, ("ASSISTANT:",))  # the model's default
     results = results_of(task, samples, ["A. One", "(C)"])
     assert [r["parsed"] for r in results] == ["A", "("]
     assert task.aggregate(results) == {"score": 50.0, "image": 100.0, "video": 0.0}

@@ -91,7 +91,7 @@ def test_stop_strings_end_the_answer_and_stop_generating(cache_dir):
     text = full.text
     # a two-character stop string first seen in the middle of the answer
     k = next(k for k in range(1, len(text) - 2) if text.index(text[k:k + 2]) == k and " " not in text[k:k + 2])
-    stopped = Request(prompt, images=[picture], max_new_tokens=16, stop=("never", text[k:k + 2]))
+    stopped = Request(prompt, images=[picture], max_new_tokens=16, until=("never", text[k:k + 2]))
     alone = generator.run([stopped], config)[0]
     assert alone.text == text[:k].strip()
     assert alone.new_tokens < full.new_tokens == 16

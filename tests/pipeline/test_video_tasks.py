@@ -51,7 +51,7 @@ def test_egoschema_prompt_video_and_scoring(tmp_path):
     assert sample.prompt == (
         "What is C doing in the kitchen?\nA. C is cooking\nB. C is reading\nC. C runs\nD. C sleeps\n"
         "E. C washes up\nAnswer with the option's letter from the given choices directly.")
-    assert (sample.id, sample.answer, sample.error, sample.max_new_tokens, sample.stop) == (
+    assert (sample.id, sample.answer, sample.error, sample.max_new_tokens, sample.until) == (
         "q1", "0", None, 16, ("\n\n",))
     assert sample.video == str(tmp_path / "egoschema/videos/v1.MP4")
     # options are printed as the dataset has them (lmms-eval adds no letters); an int answer works too
@@ -80,7 +80,7 @@ def test_nextqa_prompt_has_no_instruction_and_scores_by_type(tmp_path):
     assert sample.prompt == ("why did the boy pick up the ball\nA. to throw it\nB. to clean it\nC. give to dog\n"
                              "D. to sit on it\nE. put it away")
     assert (sample.id, sample.answer, sample.error) == ("4010069381_7", "C", None)
-    assert (sample.max_new_tokens, sample.stop) == (None, ("\n\n",))  # the model's default budget
+    assert (sample.max_new_tokens, sample.until) == (None, ("\n\n",))  # the model's default budget
     assert sample.meta["type"] == "CW" and sample.meta["family"] == "causal"
     # lmms-eval's NExTQA extractor: "(X)" first, the last of several wins; no option: its random pick
     outputs = ["C", "(B) or (C)", "B or C", "C. give to dog", "he wanted to give to dog, I think so", "no idea"]
@@ -118,7 +118,7 @@ def test_videomme_prompt_extensions_and_duration_scores(tmp_path):
     put_video(tmp_path, "videomme/data/fFjv93ACGo8.mkv")
     sample = task.sample(VIDEOMME_ROW, media_root=str(tmp_path))
     assert sample.prompt == VIDEOMME_QUESTION + "\nAnswer with the option's letter from the given choices directly."
-    assert (sample.id, sample.answer, sample.error, sample.max_new_tokens, sample.stop) == (
+    assert (sample.id, sample.answer, sample.error, sample.max_new_tokens, sample.until) == (
         "001-1", "C", None, 16, ("\n\n",))
     assert sample.video == str(tmp_path / "videomme/data/fFjv93ACGo8.mkv")
     # lmms-eval's extract_mcq_answer: "The best answer is C", "C" at the start; the option's text is not read
@@ -197,7 +197,7 @@ def test_egoplan_goal_sentence_rule_and_prompt(tmp_path):
         "A. wash tomato\nB. crack egg\nC. stir food\nD. put down knife\n"
         "Answer with the option's letter from the given choices")
     assert (sample.id, sample.answer, sample.error, sample.images) == ("1234", "B", None, [])
-    assert (sample.max_new_tokens, sample.stop) == (4096, ("\n\n",))
+    assert (sample.max_new_tokens, sample.until) == (4096, ("\n\n",))
     ing = task.sample({**row, "task_goal": "cooking a tomato and egg stir-fry"}, media_root=str(tmp_path))
     assert ing.prompt.startswith("I am tasked with cooking a tomato and egg stir-fry. The task's progress")
     # a goal that says "goal" is cut after its first "to" (lmms-eval's rule, even inside a word)
