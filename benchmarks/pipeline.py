@@ -47,7 +47,7 @@ def plain_loop(generator, task_name, samples, config, batch_size, frames) -> tup
         batch = [s for s in samples[lo:lo + batch_size] if not s.error]
         requests = [Request(s.prompt, images=[decode_image(b) for b in s.images],
                             frames=video.read_frames(s.video, frames) if s.video else None,
-                            max_new_tokens=s.max_new_tokens) for s in batch]
+                            max_new_tokens=s.max_new_tokens, until=s.until) for s in batch]
         if requests:
             answers = generator.run(requests, config)
             generate += answers[0].generate_s

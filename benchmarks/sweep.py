@@ -62,8 +62,7 @@ def main(argv=None) -> None:
     resources = evaluate.Resources(actors=1, batch_size=args.batch_size, frames=args.frames)
 
     with tempfile.TemporaryDirectory() as root:
-        sources = [task_source(task, str(write_task(task, root, args.per_task)), frames=args.frames)
-                   for task in args.tasks]
+        sources = [task_source(task, str(write_task(task, root, args.per_task))) for task in args.tasks]
         evaluate.init_ray()  # Ray's own start-up is not timed
         sweep, together = timed(sources, args.model, configs, resources)
         separate, alone = 0.0, {task: [] for task in args.tasks}

@@ -13,7 +13,8 @@ id); a bad entry exits with code 2 and names the field, before any work or MLflo
 
 MLflow (mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the
 working directory): one parent run per sweep and one nested run per grid point, logged
-as soon as that point's rows are all stored, with the flattened config as params,
+as soon as that point's rows are all stored, with the flattened config as params
+(``scoring``: "lmms_eval 0.7.3", the scoring used),
 per-task metrics (<task>/score, the task's other metrics, tokens, timings, FLOPs),
 avg_relative (the paper's Avg. %: per task score / baseline score, averaged, x100),
 the predictions parquet and the resolved config; the parent gets the summary table
@@ -55,6 +56,7 @@ from pipeline.sweep.config import SweepConfig, SweepConfigError, describe, load 
 from pipeline.sweep.metrics import relative_metrics  # noqa: E402
 from pipeline.sweep.points import finish_point, head, local_copy, picture  # noqa: E402
 from pipeline.sweep.tracking import Tracker, point_key, sweep_key  # noqa: E402
+from pipeline.tasks.scoring import scoring_label  # noqa: E402
 from pruning.config import NO_PRUNING  # noqa: E402
 
 EXIT_BAD_CONFIG = 2
@@ -104,12 +106,11 @@ def run(config: SweepConfig, model, *, base: Path, name: str,
               f"{len(points) - len(todo)} already finished, {len(todo)} to run", flush=True)
         summaries = {k: report.PointSummary(names[k], k, p, run.data.metrics, run.info.run_id, new=False)
                      for p, k in zip(points, keys) if (run := done.get(k))}
-        sources = tuple(task_source(t.name, str(_prepare(config, t, base)), limit=t.limit,
-                                    frames=config.resources.frames) for t in config.tasks)
+        sources = tuple(task_source(t.name, str(_prepare(config, t, base)), limit=t.limit) for t in config.tasks)
         predictions = {}  # point key -> its predictions file (this run's points)
         if todo:
             plan = job.Plan(config.model, sources, tuple(p for p, _ in todo), config.output_uri(),
-                            config.resources, keep_errors=not retry_errors)
+                            config.resources, keep_errors=not retry_errors, scoring=config.scoring)
             logger = PointLogger(tracker, config, parent, plan, todo, names,
                                  summaries[keys[0]].metrics if keys[0] in summaries else None)
             progress = job.run(plan, on_start=logger.start, on_written=logger.written, desc=f"sweep {name}")
@@ -128,6 +129,7 @@ def run(config: SweepConfig, model, *, base: Path, name: str,
     print("\n" + report.markdown(ordered, tasks))
     for task in tasks:
         print(report.score_grid(ordered, task))
+    print(f"scoring: {scoring_label(config.scoring)}")
     print(f"MLflow: experiment {config.mlflow.experiment!r}, parent run {parent}; browse with\n"
           f"  mlflow ui --backend-store-uri {tracker.uri}\nrows: {config.output_uri()}")
     return ordered
@@ -237,7 +239,8 @@ def _log_point(tracker: Tracker, config: SweepConfig, parent: str, name: str, ke
             resolved = Path(scratch) / "config.yaml"
             resolved.write_text(yaml.safe_dump({
                 "model": config.model, "tasks": [vars(t) for t in config.tasks], "point": point.to_dict(),
-                "resources": vars(config.resources), "point_key": key, "output": config.output},
+                "resources": vars(config.resources), "scoring": scoring_label(config.scoring),
+                "point_key": key, "output": config.output},
                 sort_keys=False))
             tracker.log(run_id, params=params, metrics=metrics, artifacts=[named, resolved])
     except BaseException:

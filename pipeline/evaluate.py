@@ -8,9 +8,13 @@ read -> decode (CPU tasks) -> infer (actor pool, one model per actor) -> score -
 answered row under ``--out``/rows as they go; at the end ``predictions.parquet`` (one
 row per input sample: id, prompt, output, parsed answer, score, visual tokens
 before/after, timings, error) and ``summary.json`` (the task's metrics, samples,
-errors, throughput) are built from the stored rows. Run it again with the same
-``--out`` after an interruption and it answers only what is missing. Starts a local
-Ray unless RAY_ADDRESS points at a cluster.
+errors, throughput, and the scoring used) are built from the stored rows. Run it again
+with the same ``--out`` after an interruption and it answers only what is missing.
+Starts a local Ray unless RAY_ADDRESS points at a cluster.
+
+Scoring (``--scoring``, ``pipeline.tasks.scoring``): ``lmms_eval`` (default) scores as
+lmms-eval 0.7.3 does, task by task; ``lenient`` also reports our tolerant parsers'
+metrics, under ``lenient/<name>``.
 
 ``evaluate`` runs several tasks and pruning configs over the same samples in one Ray
 job: each sample is read and decoded once, then answered under every config, and the
@@ -34,6 +38,7 @@ from pipeline.models import model_config
 from pipeline.sources import TaskSource, task_source
 from pipeline.tasks import get_task
 from pipeline.tasks._media import MISSING_VIDEO
+from pipeline.tasks.scoring import LMMS_EVAL, SCORINGS, check_scoring, scoring_label, task_metrics
 from pruning import PruningConfig
 
 log = logging.getLogger("pipeline.evaluate")
@@ -62,14 +67,16 @@ class Result:
 
 
 def evaluate(sources: Sequence[TaskSource], model: str, configs: Sequence[PruningConfig], out,
-             resources: Resources = Resources(), *, keep_errors: bool = True) -> dict[str, list[Result]]:
+             resources: Resources = Resources(), *, keep_errors: bool = True,
+             scoring: str = LMMS_EVAL) -> dict[str, list[Result]]:
     """Answer every source's rows under every config, storing them under ``out``/rows;
     ``{task: [Result per config]}``, each with ``out``/predictions/<task>/<i>.parquet
-    (``predictions.parquet`` itself for one task and one config)."""
+    (``predictions.parquet`` itself for one task and one config). ``scoring``: a checked
+    ``pipeline.tasks.scoring`` name."""
     import ray
 
     out = Path(out)
-    plan = Plan(model, tuple(sources), tuple(configs), str(out / "rows"), resources, keep_errors)
+    plan = Plan(model, tuple(sources), tuple(configs), str(out / "rows"), resources, keep_errors, scoring=scoring)
     progress = run(plan)
 
     @ray.remote(num_cpus=0.5)
@@ -80,7 +87,7 @@ def evaluate(sources: Sequence[TaskSource], model: str, configs: Sequence[Prunin
         pq.write_table(table, path)
         rows = table.to_pylist()
         missing = [r for r in rows if r["error"] and r["error"].startswith(MISSING_VIDEO)][:1]
-        return summarize(get_task(source.task), rows, seconds, answered=answered), missing
+        return summarize(get_task(source.task), rows, seconds, answered=answered, scoring=plan.scoring), missing
 
     single = len(sources) == 1 and len(configs) == 1
     refs = {}
@@ -120,11 +127,11 @@ def plan_rows(plan: Plan, source, point: int, count: int):
 
 
 def read_samples(task_name: str, data: str, *, limit: Optional[int] = None,
-                 media_root: Optional[str] = None, frames: int = 32) -> list:
+                 media_root: Optional[str] = None) -> list:
     """The task's samples read in this process, in the benchmark's order (tests, the
     plain-loop benchmark; the pipeline itself reads on its workers). Warns as
     :func:`evaluate` does when most video rows have no video file."""
-    source = task_source(task_name, data, limit=limit, media_root=media_root, frames=frames)
+    source = task_source(task_name, data, limit=limit, media_root=media_root)
     samples = [sample for _, sample in source.samples(0, source.count())]
     missing = [s for s in samples if s.error and s.error.startswith(MISSING_VIDEO)]
     warn_if_videos_missing(task_name, len(samples), len(missing),
@@ -144,13 +151,18 @@ def warn_if_videos_missing(task_name: str, samples: int, missing: int, example: 
                 "the one lmms-eval used).", task_name, missing, samples, example["id"], example["error"])
 
 
-def summarize(task, rows: list[dict], seconds: float, *, answered: Optional[int] = None) -> dict:
-    """The task's metrics plus samples, errors, throughput (``answered`` rows, default
-    all, in ``seconds``) and mean timings."""
+def summarize(task, rows: list[dict], seconds: float, *, answered: Optional[int] = None,
+              scoring: str = LMMS_EVAL) -> dict:
+    """The task's metrics (``scoring``'s: ``pipeline.tasks.scoring.task_metrics``) plus
+    samples, errors, throughput (``answered`` rows, default all, in ``seconds``) and mean
+    timings."""
+    def parsed(value):
+        return json.loads(value) if value else None
+
     scored = [{**r, "answer": json.loads(r["answer"]) if r["answer"] else None,
-               "meta": json.loads(r["meta"] or "{}"),
-               "parsed": json.loads(r["parsed"]) if r["parsed"] else None} for r in rows]
-    metrics = {k: float(v) for k, v in task.aggregate(scored).items()}
+               "meta": json.loads(r["meta"] or "{}"), "parsed": parsed(r["parsed"]),
+               "lenient_parsed": parsed(r.get("lenient_parsed"))} for r in rows]
+    metrics = task_metrics(task, scored, scoring)
     ok = [r for r in rows if not r["error"]]
 
     def mean(key):
@@ -220,6 +232,9 @@ def main(argv=None) -> None:
                              "benchmark's)")
     parser.add_argument("--retry-errors", action="store_true",
                         help="answer again the samples stored with an error (e.g. media that were unavailable)")
+    parser.add_argument("--scoring", default=LMMS_EVAL, choices=SCORINGS,
+                        help="lmms_eval (default): lmms-eval 0.7.3's prompts, generation and scoring; "
+                             "lenient: also our tolerant parsers' metrics, as lenient/<name>")
     args = parser.parse_args(argv)
 
     try:  # refuse a bad config before any work
@@ -227,17 +242,20 @@ def main(argv=None) -> None:
         get_task(args.task)
     except ValueError as exc:
         parser.error(str(exc))
-    source = task_source(args.task, args.data, limit=args.limit, media_root=args.media_root, frames=args.frames,
+    scoring = check_scoring(args.scoring)
+    source = task_source(args.task, args.data, limit=args.limit, media_root=args.media_root,
                          max_new_tokens=args.max_new_tokens)
     resources = Resources(actors=args.actors, num_gpus=args.num_gpus, batch_size=args.batch_size,
                           frames=args.frames, max_pixels=args.max_pixels, dtype=args.dtype)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
     ((result,),) = evaluate([source], args.model, [config], out, resources,
-                            keep_errors=not args.retry_errors).values()
+                            keep_errors=not args.retry_errors, scoring=scoring).values()
     (out / "summary.json").write_text(json.dumps({"task": args.task, "config": config.to_dict(),
-                                                  "metrics": result.metrics}, indent=2))
+                                                  "scoring": scoring_label(scoring), "metrics": result.metrics},
+                                                 indent=2))
     print_summary(args.task, result)
+    print(f"  {'scoring':<22} {scoring_label(scoring)}")
     print(f"\nwrote {result.predictions} ({int(result.metrics['samples'])} rows, {result.errors} errors)")
 
 

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 import pruning
 from pipeline.models import load_model
@@ -32,6 +33,11 @@ from pruning import PruningConfig
 from pruning.methods import vlm_pruner
 
 VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
+# New tokens when a request names no budget: what lmms-eval 0.7.3's wrapper of each family
+# generates when a task's generation_kwargs name none (models/simple/qwen2_vl.py,
+# chat/qwen2_5_vl.py, simple/qwen3_vl.py: 128; chat/llava_hf.py, simple/llava_onevision.py: 1024).
+WRAPPER_MAX_NEW_TOKENS = {"qwen2_vl": 128, "qwen2_5_vl": 128, "qwen3_vl": 128, "llava": 1024,
+                          "llava_onevision": 1024}
 
 
 @dataclass
@@ -43,7 +49,8 @@ class Request:
     frames: Optional[np.ndarray] = None  # (T, H, W, 3) uint8
     fps: float = 1.0  # the source video's frame rate
     frame_indices: Optional[list[int]] = None  # where the frames sit in the source video
-    max_new_tokens: int = 16
+    max_new_tokens: Optional[int] = 16  # None: the family's WRAPPER_MAX_NEW_TOKENS
+    until: tuple[str, ...] = ()  # stop strings: the answer ends before the first; generation stops there
 
 
 @dataclass
@@ -125,27 +132,36 @@ class Generator:
 
     def run(self, requests: Sequence[Request], config: PruningConfig) -> list[Answer]:
         """Greedy answers for ``requests`` as one left-padded batch."""
-        return self.generate(self.preparer.inputs(requests), [r.max_new_tokens for r in requests], config)
+        return self.generate(self.preparer.inputs(requests), [r.max_new_tokens for r in requests], config,
+                             [r.until for r in requests])
 
     def run_prepared(self, prepared: Sequence[Prepared], config: PruningConfig) -> list[Answer]:
         """:meth:`run` for requests already through :meth:`Preparer.prepare` (elsewhere,
         e.g. in the pipeline's CPU stage): only collation and the model run here."""
-        return self.generate(self.preparer.collate(prepared), [p.max_new_tokens for p in prepared], config)
+        return self.generate(self.preparer.collate(prepared), [p.max_new_tokens for p in prepared], config,
+                             [p.until for p in prepared])
 
     @torch.no_grad()
-    def generate(self, inputs, max_new_tokens: Sequence[int], config: PruningConfig) -> list[Answer]:
+    def generate(self, inputs, max_new_tokens: Sequence[Optional[int]], config: PruningConfig,
+                 until: Optional[Sequence[Sequence[str]]] = None) -> list[Answer]:
         """Greedy answers for a batch of processor ``inputs`` (one per request), each cut at
-        its own ``max_new_tokens``."""
+        its own ``max_new_tokens`` (None: the family's :data:`WRAPPER_MAX_NEW_TOKENS`) and
+        before the first of its stop strings ``until``, as lmms-eval's wrappers cut. A
+        request stops generating once it has either (the batch runs until all have)."""
         handle = self.use(config)
         inputs = inputs.to(self.device)
+        max_new_tokens = [self.default_max_new_tokens if n is None else n for n in max_new_tokens]
+        stops = [tuple(s) for s in until] if until is not None else [()] * len(max_new_tokens)
         max_new = max(max_new_tokens)
+        prompt_length = inputs["input_ids"].shape[1]
+        criteria = StoppingCriteriaList([_StopAt(self.processor.tokenizer, prompt_length, max_new_tokens, stops)])
         if self.device.type == "cuda":
             for index in range(torch.cuda.device_count()):  # every GPU a split model uses
                 torch.cuda.synchronize(index)
                 torch.cuda.reset_peak_memory_stats(index)
         self._forward_times.clear()
         start = time.perf_counter()
-        out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
+        out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False, stopping_criteria=criteria)
         if self.device.type == "cuda":
             for index in range(torch.cuda.device_count()):
                 torch.cuda.synchronize(index)
@@ -164,18 +180,22 @@ class Generator:
             generate_s=end - start,
             batch_size=len(max_new_tokens),
         )
-        generated = out[:, inputs["input_ids"].shape[1]:]
+        generated = out[:, prompt_length:]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # padding left out
         answers = []
         for b, limit in enumerate(max_new_tokens):
             tokens = _until_eos(generated[b, :limit], self._eos_ids())
             answers.append(Answer(
-                text=self.processor.decode(tokens, skip_special_tokens=True).strip(),
+                text=cut_at_stop(self.processor.decode(tokens, skip_special_tokens=True), stops[b]).strip(),
                 visual_tokens_before=befores[b], visual_tokens_after=afters[b],
                 kept=[s.keep for s in stats.samples[b]] if stats else [],
                 spans=[{"kind": s.kind, "grid": list(s.grid)} for s in stats.samples[b]] if stats else [],
                 prompt_tokens=int(prompt_tokens[b]), new_tokens=len(tokens), **common))
         return answers
+
+    @property
+    def default_max_new_tokens(self) -> int:
+        return WRAPPER_MAX_NEW_TOKENS.get(self.family, 128)
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -185,13 +205,43 @@ class Generator:
         return ids
 
 
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any of ``stops`` (lmms-eval's ``until``).
+
+    >>> cut_at_stop("B\n\nBecause", ["\n\n"])
+    'B'
+    """
+    end = min([text.index(s) for s in stops if s and s in text], default=len(text))
+    return text[:end]
+
+
+class _StopAt(StoppingCriteria):
+    """Per request: done once its generated text (the prompt left out) holds one of its
+    stop strings, or it has its ``max_new_tokens``. The tail decoded each step is long
+    enough to hold the longest stop string, which can end only in the newest token."""
+
+    def __init__(self, tokenizer, prompt_length: int, max_new_tokens: Sequence[int], stops: Sequence[tuple]):
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.max_new_tokens, self.stops = list(max_new_tokens), list(stops)
+        self.window = 4 * max((len(s) for ss in stops for s in ss), default=0) + 4
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length:]  # (B, new)
+        done = []
+        for b, (limit, stops) in enumerate(zip(self.max_new_tokens, self.stops)):
+            tail = self.tokenizer.decode(generated[b, -self.window:], skip_special_tokens=True) if stops else ""
+            done.append(generated.shape[1] >= limit or any(s and s in tail for s in stops))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class Prepared:
     """One request through the processor: its model inputs with a batch of one (numpy,
     so that it pickles compactly between pipeline stages)."""
 
     inputs: dict[str, np.ndarray]
-    max_new_tokens: int = 16
+    max_new_tokens: Optional[int] = 16
+    until: tuple[str, ...] = ()
 
 
 class Preparer:
@@ -241,7 +291,7 @@ class Preparer:
     def prepare(self, request: Request) -> Prepared:
         """``request`` alone through the processor."""
         batch = self.inputs([request])
-        return Prepared({k: v.numpy() for k, v in batch.items()}, request.max_new_tokens)
+        return Prepared({k: v.numpy() for k, v in batch.items()}, request.max_new_tokens, tuple(request.until))
 
     def collate(self, prepared: Sequence[Prepared]):
         """The batch ``inputs`` would give for the prepared requests together.

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from pipeline import rows as contract
-from pipeline.store import RowStore, rows_key
 from pipeline.stages import DecodeStage, InferStage, ReadStage, ScoreStage, Todo, WriteStage
+from pipeline.store import RowStore, rows_key
+from pipeline.tasks.scoring import LMMS_EVAL, scoring_label
 
 log = logging.getLogger("pipeline.job")
 
@@ -56,7 +57,8 @@ class Resources:
 class Plan:
     """A job: every source's rows under every point, stored in ``store``.
 
-    ``keep_errors=False`` (``--retry-errors``) answers again the rows stored with an error."""
+    ``keep_errors=False`` (``--retry-errors``) answers again the rows stored with an error.
+    ``scoring``: how the rows are scored (a checked ``pipeline.tasks.scoring`` name)."""
 
     model: str
     sources: tuple
@@ -68,9 +70,11 @@ class Plan:
     # an interruption can lose beyond the model batches in flight. None: one block of
     # BATCHES_PER_BLOCK model batches.
     write_rows: Optional[int] = None
+    scoring: str = LMMS_EVAL
 
     def key(self, source, point: int) -> str:
-        return rows_key(self.model, source, self.resources.inputs(), self.points[point].to_dict())
+        return rows_key(self.model, source, self.resources.inputs(), self.points[point].to_dict(),
+                        scoring_label(self.scoring))
 
     def keys(self) -> dict[str, list[str]]:
         return {s.name: [self.key(s, p) for p in range(len(self.points))] for s in self.sources}
@@ -193,7 +197,8 @@ def build(plan: Plan, counts: dict, todo: dict):
                         compute=ray.data.ActorPoolStrategy(size=r.actors), num_gpus=r.num_gpus,
                         num_cpus=actor_cpus)
     write = plan.write_rows or block
-    ds = ds.map_batches(ScoreStage(scored), batch_format="pyarrow", batch_size=write, num_cpus=DECODE_CPUS)
+    ds = ds.map_batches(ScoreStage(scored, plan.scoring), batch_format="pyarrow", batch_size=write,
+                        num_cpus=DECODE_CPUS)
     return ds.map_batches(WriteStage(plan.store, plan.keys()), batch_format="pyarrow", batch_size=write,
                           num_cpus=DECODE_CPUS)
 

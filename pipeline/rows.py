@@ -54,7 +54,8 @@ READ = _SAMPLE + (
     Column("images", pa.list_(pa.binary()), "encoded image files, in prompt order"),
     Column("video", pa.string(), "path of the video file, or null"),
 ) + _GOLD + _columns(
-    ("max_new_tokens", pa.int64(), "generation budget"),
+    ("max_new_tokens", pa.int64(), "generation budget (null: the model's default, pipeline.infer)"),
+    ("until", pa.list_(pa.string()), "stop strings (lmms-eval's until): the answer ends before the first"),
     ("points", pa.list_(pa.int32()), "the grid points (ids into the infer stage's table) still to answer"),
 )
 
@@ -83,8 +84,10 @@ ANSWER = _columns(
 ANSWERED = _SAMPLE + _GOLD + (Column("point", pa.int32(), "the grid point (id into the config table)"),) + ANSWER
 
 SCORED = ANSWERED + _columns(
-    ("parsed", pa.string(), "the answer read from the output, JSON, or null"),
+    ("parsed", pa.string(), "the answer read from the output as lmms-eval reads it, JSON (null: it would guess)"),
     ("score", pa.float64(), "the sample's score in [0, 1]"),
+    ("lenient_parsed", pa.string(), "the lenient scoring's reading, JSON, or null (pipeline.tasks.scoring)"),
+    ("lenient_score", pa.float64(), "the lenient scoring's score, or null when it was not asked for"),
 )
 
 WRITTEN = _columns(

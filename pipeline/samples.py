@@ -286,7 +286,7 @@ def _videomme(s: _SampleSet) -> None:
         rows["video_id"].append(f"{i + 1:03d}")
         rows["duration"].append(("short", "medium", "long")[i % 3])
         rows["domain"].append("Knowledge")
-        rows["sub_category"].append("Geometry")
+        rows["sub_category"].append("Geography")  # one of lmms-eval's SUB_CATEGORIES
         rows["url"].append(f"https://www.youtube.com/watch?v={video_id}")
         rows["videoID"].append(video_id)
         rows["question_id"].append(f"{i + 1:03d}-1")

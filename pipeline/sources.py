@@ -29,7 +29,6 @@ class TaskSource:
     data: str  # an absolute local path, or a hub id
     limit: Optional[int] = None
     media_root: Optional[str] = None  # where media files live (default: the rows' own, see the task)
-    frames: int = 32  # frames the model is shown (Video-MME's subtitles follow them)
     max_new_tokens: Optional[int] = None  # instead of the task's generation budget (smoke tests, benchmarks)
 
     @property
@@ -45,11 +44,10 @@ class TaskSource:
 
     def samples(self, start: int, stop: int) -> Iterator[tuple[int, Sample]]:
         task = get_task(self.task)
-        extra = {"num_frames": self.frames} if task.modality == "video" else {}
         for row in task.rows(self.data, limit=self.limit, start=start, stop=stop):
             index = int(row["_index"])
             try:
-                sample = task.sample(row, media_root=self.media_root, **extra)
+                sample = task.sample(row, media_root=self.media_root)
             except Exception as exc:  # a row the task cannot read is that sample's error
                 sample = Sample(id=str(row.get("id", index)), prompt="", error=f"row: {type(exc).__name__}: {exc}")
             if self.max_new_tokens is not None:
@@ -58,7 +56,7 @@ class TaskSource:
 
 
 def task_source(task: str, data: str, *, limit: Optional[int] = None, media_root: Optional[str] = None,
-                frames: int = 32, max_new_tokens: Optional[int] = None) -> TaskSource:
+                max_new_tokens: Optional[int] = None) -> TaskSource:
     """A :class:`TaskSource`, a local ``data`` path made absolute (workers may run
     elsewhere) and, for a local path, media looked up next to it unless ``media_root``
     says otherwise."""
@@ -67,7 +65,7 @@ def task_source(task: str, data: str, *, limit: Optional[int] = None, media_root
         data = str(path.resolve())
         if media_root is None:
             media_root = data if path.is_dir() else str(path.resolve().parent)
-    return TaskSource(task, data, limit, str(Path(media_root).resolve()) if media_root else None, frames,
+    return TaskSource(task, data, limit, str(Path(media_root).resolve()) if media_root else None,
                       max_new_tokens)
 
 

@@ -5,7 +5,7 @@
     decode  (CPU tasks)   images, video path -> frames -> the model's processor: model inputs
     infer   (actor pool)  one model per actor, loaded once; each batch runs under every
                           grid point its rows still need: one row per (sample, point)
-    score   (CPU tasks)   task.parse + task.score
+    score   (CPU tasks)   task.parse + task.score (and the lenient reading when asked for)
     write   (CPU tasks)   rows -> parquet parts in the results store, per (source, point)
 
 Columns are declared in ``pipeline.rows``: each stage checks what it takes and builds
@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from pipeline import rows as contract
 from pipeline.tasks import Sample, get_task
+from pipeline.tasks.scoring import LENIENT, LMMS_EVAL, check_scoring, read
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ def read_row(index: int, source: str, sample: Sample, points: Sequence[int]) -> 
         "index": index, "task": source, "id": str(sample.id), "prompt": sample.prompt,
         "images": list(sample.images), "video": sample.video,
         "answer": json.dumps(sample.answer), "meta": json.dumps(sample.meta, default=str),
-        "error": sample.error, "max_new_tokens": int(sample.max_new_tokens), "points": list(points),
+        "error": sample.error,
+        "max_new_tokens": None if sample.max_new_tokens is None else int(sample.max_new_tokens),
+        "until": list(sample.until), "points": list(points),
     }
 
 
@@ -115,7 +118,7 @@ class DecodeStage:
         from pipeline import video
         from pipeline.infer import Request, decode_image
 
-        request = Request(prompt=row["prompt"], max_new_tokens=int(row["max_new_tokens"]))
+        request = Request(prompt=row["prompt"], max_new_tokens=row["max_new_tokens"], until=tuple(row["until"] or ()))
         if row.get("video"):
             try:
                 clip = video.read_clip(row["video"], self.frames, max_pixels=self.max_pixels)
@@ -192,26 +195,31 @@ class InferStage:
 
 
 class ScoreStage:
-    """Parse each output and score it with its task's own metric (CPU); rows of sources
-    that are not benchmarks (annotation inputs) pass unscored."""
+    """Parse each output and score it with its task's own metric (CPU): lmms-eval's
+    reading (``parsed``, ``score``), and with ``scoring="lenient"`` also the lenient one
+    (``lenient_parsed``, ``lenient_score``; null otherwise). Rows of sources that are not
+    benchmarks (annotation inputs) pass unscored."""
 
-    def __init__(self, scored: Sequence[str]):
-        self.scored = set(scored)
+    def __init__(self, scored: Sequence[str], scoring: str = LMMS_EVAL):
+        self.scored, self.lenient = set(scored), check_scoring(scoring) == LENIENT
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import json
 
         rows = contract.require(batch, contract.ANSWERED, "score")
         for row in rows:
-            row.update(parsed=None, score=0.0)
+            row.update(parsed=None, score=0.0, lenient_parsed=None, lenient_score=0.0 if self.lenient else None)
             if row["error"] or row["output"] is None or row["task"] not in self.scored:
                 continue
             task = get_task(row["task"])
             sample = Sample(id=row["id"], prompt=row["prompt"], answer=json.loads(row["answer"]),
                             meta=json.loads(row["meta"]))
             try:
-                parsed = task.parse(row["output"], sample)
-                row.update(parsed=json.dumps(parsed), score=float(task.score(parsed, sample)))
+                parsed, score = read(task, row["output"], sample)
+                row.update(parsed=json.dumps(parsed), score=score)
+                if self.lenient:
+                    parsed, score = read(task, row["output"], sample, lenient=True)
+                    row.update(lenient_parsed=json.dumps(parsed), lenient_score=score)
             except Exception as exc:  # an unparseable answer scores 0 and says why
                 row["error"] = f"score: {exc}"
         return contract.table(rows, contract.SCORED)

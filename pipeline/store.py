@@ -7,9 +7,9 @@ filesystems take: ``s3://bucket/prefix``, ``gs://...``)::
                                            under one grid point
 
 ``key`` (:func:`rows_key`) is a hash of everything that decides those rows: the model,
-the source (task, data, media root, frames...), the model inputs and the point's full
-pruning config; so any run that would compute the same rows finds them, and a changed
-setting never reuses stale ones. Files are written under a temporary name and then
+the source (task, data, media root...), the model inputs, the point's full pruning
+config and the scoring (with its lmms-eval release); so any run that would compute the
+same rows finds them, and a changed setting never reuses stale ones. Files are written under a temporary name and then
 moved into place: a file is whole or absent, so an interruption loses at most the rows
 in flight. A row written twice (a retried task) is read once (:meth:`RowStore.read`).
 
@@ -35,14 +35,16 @@ import pyarrow.parquet as pq
 from pipeline import rows as contract
 
 # Bump when what a stored row means changes (prompts, scoring, columns): old rows are
-# then never reused.
-ROWS_VERSION = 1
+# then never reused. 2: lmms-eval's prompts, generation and scoring; stop strings; lenient columns.
+ROWS_VERSION = 2
 
 
-def rows_key(model: str, source, inputs: dict, point: dict) -> str:
-    """The stable hash naming the stored rows of ``source`` under ``point``."""
+def rows_key(model: str, source, inputs: dict, point: dict, scoring: str = "") -> str:
+    """The stable hash naming the stored rows of ``source`` under ``point``, scored by
+    ``scoring`` (``pipeline.tasks.scoring.scoring_label``)."""
     payload = {"version": ROWS_VERSION, "model": model,
-               "source": asdict(source) if is_dataclass(source) else source, "inputs": inputs, "point": point}
+               "source": asdict(source) if is_dataclass(source) else source, "inputs": inputs, "point": point,
+               "scoring": scoring}
     payload["source"] = {k: v for k, v in payload["source"].items() if k != "limit"}  # rows are rows
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -12,6 +12,7 @@ Example (``configs/demo.yaml``)::
       layers: [2]                                 # optional: default each method's own
       params: {vlm_pruner: {token_batch: [8, 16]}} # optional: every combination is a point
     resources: {actors: 1, batch_size: 4, frames: 8}
+    scoring: lmms_eval                            # optional: or lenient (adds lenient/<name> metrics)
     mlflow: {experiment: demo}
 
 The grid expands to ``none`` followed by every method x rate x layer x parameter
@@ -35,6 +36,7 @@ from typing import Any, Iterator, Optional, Sequence
 import yaml
 
 from pipeline.job import Resources
+from pipeline.tasks.scoring import LMMS_EVAL, SCORINGS, check_scoring, scoring_label
 from pruning import PruningConfig, list_methods
 from pruning.config import NO_PRUNING
 
@@ -100,6 +102,9 @@ class SweepConfig:
         "help": "where the workers store every answered row (a path every node sees, or a pyarrow filesystem "
                 "URI such as s3://bucket/prefix); a rerun continues from what is there. Relative: under the "
                 "working directory"})
+    scoring: str = field(default=LMMS_EVAL, metadata={
+        "help": f"{' or '.join(SCORINGS)}: lmms-eval's scoring (its release is logged), or that plus our "
+                "lenient parsers' metrics as <task>/lenient/<name>"})
 
     @classmethod
     def from_dict(cls, values: Any, *, default_experiment: str = "sweep") -> SweepConfig:
@@ -126,9 +131,11 @@ class SweepConfig:
         output = values.get("output", "out/sweeps")
         if not isinstance(output, str) or not output:
             raise SweepConfigError("output", f"must be a path or URI, got {output!r}")
+        with _at("scoring"):
+            scoring = check_scoring(values.get("scoring", LMMS_EVAL))
         config = cls(model=model, tasks=tasks, grid=_grid(_mapping(_required(values, "grid", ""), "grid")),
                      resources=_resources(_mapping(values.get("resources") or {}, "resources")), mlflow=tracking,
-                     output=output)
+                     output=output, scoring=scoring)
         config.points()  # every grid point is a valid PruningConfig
         return config
 
@@ -190,7 +197,8 @@ class SweepConfig:
 
     def flat(self) -> dict[str, Any]:
         """The sweep's settings in one level (what the parent run logs as params)."""
-        out: dict[str, Any] = {"model": self.model, "tasks": ",".join(t.name for t in self.tasks)}
+        out: dict[str, Any] = {"model": self.model, "tasks": ",".join(t.name for t in self.tasks),
+                               "scoring": scoring_label(self.scoring)}
         for task in self.tasks:
             out[f"task.{task.name}.data"] = task.data
             if task.limit is not None:

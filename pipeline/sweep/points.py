@@ -43,7 +43,7 @@ def finish_point(plan: Plan, point: int, counts: dict, point_key: str, answered:
         table = plan_rows(plan, source, point, counts[source.name])
         rows = table.to_pylist()
         results[source.name] = (summarize(get_task(source.name), rows, seconds,
-                                          answered=answered.get(source.name, 0)), rows)
+                                          answered=answered.get(source.name, 0), scoring=plan.scoring), rows)
         tables.append(table)
     path = predictions_path(plan.store, point_key)
     store.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)

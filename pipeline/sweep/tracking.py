@@ -4,8 +4,9 @@ Runs are found again by tags, so running the same sweep twice resumes it:
 
     sweep.point_key   on a child: a stable hash of what decides its results (model, the
                       task list with data and limit, the frames / max_pixels / dtype the
-                      model sees, and the grid point's full PruningConfig). A FINISHED
-                      child with the key is reused by any later sweep in the experiment.
+                      model sees, the scoring with its lmms-eval release, and the grid
+                      point's full PruningConfig). A FINISHED child with the key is
+                      reused by any later sweep in the experiment.
     sweep.key         on the parent: the hash of the model, task list, those inputs and
                       every point's key. The same sweep reopens its parent; a changed
                       grid gets a new parent whose summary still covers the reused points.
@@ -28,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from pipeline.sweep.config import SweepConfig, TrackingSpec
+from pipeline.tasks.scoring import scoring_label
 from pruning import PruningConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -39,7 +41,7 @@ def point_key(config: SweepConfig, point: PruningConfig) -> str:
     r = config.resources
     return _hash({"model": config.model, "tasks": [[t.name, t.data, t.limit] for t in config.tasks],
                   "inputs": {"frames": r.frames, "max_pixels": r.max_pixels, "dtype": r.dtype},
-                  "point": point.to_dict()})
+                  "scoring": scoring_label(config.scoring), "point": point.to_dict()})
 
 
 def sweep_key(config: SweepConfig, point_keys: Iterable[str]) -> str:

@@ -20,7 +20,7 @@ def register_task(task: Task) -> Task:
 
 def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_") and info.name not in ("base", "common"):
+        if not info.name.startswith("_") and info.name not in ("base", "common", "extract", "scoring"):
             importlib.import_module(f"{__name__}.{info.name}")
 
 

@@ -1,6 +1,6 @@
 """What the video benchmarks share: rows with their media root, locating the video
-file (in every layout of ``_media.py``), "A. .." options, accuracy by group
-(:class:`VideoTask`). Private to the video task modules."""
+file (in every layout of ``_media.py``), "A. .." options, accuracy (:class:`VideoTask`).
+Private to the video task modules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 from pipeline.tasks._media import MediaLayout
 from pipeline.tasks.base import Sample, Task
-from pipeline.tasks.common import LETTERS, accuracy, count_rows, load_rows, parse_letter
+from pipeline.tasks.common import accuracy, count_rows, load_rows, parse_letter
 from pipeline.video import hf_home, media_root_for
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
@@ -22,14 +22,6 @@ def split_option(option: str) -> tuple[Optional[str], str]:
     """``"B. a cup"`` -> ``("B", "a cup")``; ``"a cup"`` -> ``(None, "a cup")``."""
     match = _LETTERED.match(str(option))
     return (match.group(1), match.group(2).strip()) if match else (None, str(option).strip())
-
-
-def lettered(options: list[str]) -> list[str]:
-    """Options as "A. text" lines, keeping the dataset's own letters when it has them."""
-    split = [split_option(o) for o in options]
-    if all(letter == LETTERS[i] for i, (letter, _) in enumerate(split)):
-        return [str(o).strip() for o in options]
-    return [f"{LETTERS[i]}. {str(o).strip()}" for i, o in enumerate(options)]
 
 
 def _local_config(data: Optional[str], config: Optional[str]) -> Optional[str]:
@@ -59,14 +51,11 @@ def resolve_media(row: dict, media_root: Optional[str], layout: MediaLayout, nam
 
 class VideoTask(Task):
     """A multiple-choice video benchmark: rows carry their media root, samples keep the
-    option texts in ``meta["options"]`` for the letter parser, the metric is accuracy.
-
-    ``sample(row, *, media_root=None, num_frames=32)``: ``num_frames`` is the number
-    of frames the model will be shown (only Video-MME with subtitles uses it).
-    """
+    options as the dataset has them (stripped) in ``meta["options"]``, the lenient
+    scoring reads the letter with ``parse_letter`` against their texts, the metric is
+    accuracy. ``sample(row, *, media_root=None)``."""
 
     modality = "video"
-    max_new_tokens = 16
 
     def rows(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
              config: Optional[str] = None, start: int = 0, stop: Optional[int] = None) -> Iterator[dict]:
@@ -82,8 +71,8 @@ class VideoTask(Task):
         config = config or _local_config(data, self.hub[0][1] if self.hub else None)
         return count_rows(data, self.hub, limit=limit, split=split, config=config)
 
-    def parse(self, output: str, sample: Sample) -> Optional[str]:
-        return parse_letter(output, sample.meta["options"])
+    def parse_lenient(self, output: str, sample: Sample) -> Optional[str]:
+        return parse_letter(output, [split_option(o)[1] for o in sample.meta["options"]])
 
     def aggregate(self, results: list[dict]) -> dict[str, float]:
         return accuracy(results)

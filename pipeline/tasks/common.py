@@ -1,5 +1,6 @@
 """Shared pieces of the benchmark tasks: reading rows, encoding images, prompt
-fragments, answer parsing and the lmms-eval metrics (../shared/spec/benchmarks.md).
+fragments, the lenient answer parsers and the lmms-eval metrics several tasks share
+(../shared/spec/benchmarks.md; the per-task extractors are in ``pipeline.tasks.extract``).
 
 Pure functions on small values; ``datasets`` is the only reader, so a hub id (from
 the local HF cache) and a local parquet/arrow/jsonl copy come back the same way,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import statistics
 import string
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -20,6 +22,9 @@ from pipeline.tasks.base import Sample, Task
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# lmms-eval's `until` when a task's generation_kwargs name none (its TaskConfig
+# fills in the few-shot delimiter, lmms_eval/api/task.py).
+DEFAULT_UNTIL = ("\n\n",)
 
 # A benchmark's id may sit under any of these owners (older and newer lmms-eval).
 HUB_PREFIXES = ("lmms-lab/", "lmms-eval/", "lmms-lab-encoder/")
@@ -170,7 +175,8 @@ class DatasetTask(Task):
 
 
 class ShortAnswerTask(DatasetTask):
-    """Free-form short answers: the stripped output, scored per sample, mean in percent."""
+    """Free-form short answers: the stripped output (lmms-eval strips every output
+    before scoring it), scored per sample, mean in percent."""
 
     def parse(self, output, sample):
         return (output or "").strip()
@@ -255,19 +261,16 @@ def encode_images(values: Sequence[Any], root: Optional[str] = None) -> tuple[li
 
 def image_sample(task: Task, id: str, prompt: str, values: Sequence[Any], *, answer: Any, meta: dict,
                  root: Optional[str] = None) -> Sample:
-    """A Sample with the encoded images, or with ``error`` set when one cannot be read."""
+    """A Sample with the encoded images, or with ``error`` set when one cannot be read;
+    the task's generation settings."""
     images, error = encode_images(values, root)
     return Sample(id=id, prompt=prompt, images=images, answer=answer, meta=meta, error=error,
-                  max_new_tokens=task.max_new_tokens)
+                  max_new_tokens=task.max_new_tokens, until=tuple(task.until))
 
 
-def is_missing(value: Any) -> bool:
-    """None, "", "nan" or NaN: how the benchmarks' parquet files mark an absent hint/option."""
-    if value is None:
-        return True
-    if isinstance(value, float):
-        return value != value
-    return str(value).strip() in ("", "nan", "None")
+def is_na(value: Any) -> bool:
+    """None or NaN: a missing cell, as ``pandas.isna`` sees one (the string "nan" is not)."""
+    return value is None or (isinstance(value, float) and value != value)
 
 
 # ---------------------------------------------------------------- prompts
@@ -285,7 +288,7 @@ def mc_prompt(question: str, options: Sequence[str], *, context: str = "",
     return "\n".join(parts + ([instruction] if instruction else []))
 
 
-# ---------------------------------------------------------------- parsing
+# ---------------------------------------------------------------- lenient parsing
 
 
 # "B", "(B)", "[B]", "B.", "B:", "B," or "B" alone on the first line; not "A dog".
@@ -295,7 +298,8 @@ _STATED_LETTER = re.compile(r"(?:answer|option|choice)\s*(?:is|:)?\s*(?:option\s
 
 
 def parse_letter(output: str, options: Sequence[str]) -> Optional[str]:
-    """The chosen option letter, or None; deterministic (never a guess).
+    """The chosen option letter, or None; deterministic (never a guess). The reading of
+    the ``lenient`` scoring (lmms-eval's own extractors are in ``pipeline.tasks.extract``).
 
     Accepts "B", "(B)", "B.", "B) text", "B: text", "The answer is B" / "Answer: (B)";
     otherwise the option whose text the output equals, or the only option whose text it
@@ -326,30 +330,43 @@ def _squash(text: str) -> str:
 
 def parse_yes_no(output: str) -> Optional[str]:
     """"yes"/"no" as lmms-eval's MME parser reads it (exact word, "y"/"n", or "yes"/"no"
-    in the first 4 characters); None otherwise."""
-    text = (output or "").lower().strip().replace(".", "")
-    if text in ("yes", "no"):
-        return text
-    if len(text) == 1:
-        return {"y": "yes", "n": "no"}.get(text)
-    head = text[:4]
-    if "yes" in head:
-        return "yes"
-    if "no" in head:
-        return "no"
-    return None
+    in the first 4 characters, ``extract.yes_no``); None otherwise. The lenient reading
+    of POPE, whose lmms-eval scoring takes only the exact word."""
+    from pipeline.tasks.extract import yes_no
+
+    answer = yes_no(output or "")
+    return None if answer == "other" else answer
 
 
 # ---------------------------------------------------------------- metrics
 
 
-def normalize_exact(text: str) -> str:
-    """GQA's exact match form: lowercase, ASCII punctuation removed, whitespace trimmed
-    (lmms-eval ``exact_match`` with ignore_case and ignore_punctuation)."""
-    return (text or "").lower().translate(str.maketrans("", "", string.punctuation)).strip()
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def exact_match(prediction: str, gold: str) -> float:
+    """lmms-eval's ``exact_match`` metric with ignore_case and ignore_punctuation
+    (lmms_eval/api/metrics.py ``exact_match_hf_evaluate``, GQA): both lower-cased, ASCII
+    punctuation removed, then compared as they are, so "yes ." is not "yes". It compares
+    numpy fixed-width strings, and so do we: trailing NULs dropped, and the lower-cased
+    text cut to the original's length ("İ" lower-cases to two characters).
+
+    >>> exact_match("İ", "i"), exact_match("İ", "i\u0307")
+    (1.0, 0.0)
+    """
+    def form(text: str) -> str:
+        text = str(text)
+        return text.rstrip("\x00").lower()[:len(text)].translate(_NO_PUNCTUATION).rstrip("\x00")
+
+    return float(form(prediction) == form(gold))
+
+
+def normalize_exact(text: str) -> str:
+    """The lenient exact-match form: lowercase, ASCII punctuation removed, whitespace trimmed."""
+    return (text or "").lower().translate(_NO_PUNCTUATION).strip()
+
+
+def exact_match_lenient(prediction: str, gold: str) -> float:
     return float(normalize_exact(prediction) == normalize_exact(gold))
 
 
@@ -402,7 +419,8 @@ def _vqa_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+    # lmms-eval passes re.UNICODE (32) where re.sub takes its count: at most 32 periods go.
+    return _PERIOD_STRIP.sub("", out, count=32)
 
 
 def _vqa_digits_articles(text: str) -> str:
@@ -421,14 +439,15 @@ def vqa_normalize(text: str) -> str:
 
 def vqa_accuracy(prediction: str, answers: Sequence[Any]) -> float:
     """Mean over the leave-one-out subsets of the human answers of min(1, matches / 3),
-    prediction and answers normalised by :func:`vqa_normalize` (lmms-eval textvqa/ok_vqa).
-    ``answers`` are strings or VQA-style ``{"answer": str}`` dicts."""
+    prediction and answers normalised by :func:`vqa_normalize` (lmms-eval textvqa/ok_vqa
+    ``process_results``, with its exact ``statistics.mean``). ``answers`` are strings or
+    VQA-style ``{"answer": str}`` dicts; none scores 0."""
     if not answers:
         return 0.0
     pred = vqa_normalize(prediction)
     gold = [vqa_normalize(a["answer"] if isinstance(a, Mapping) else str(a)) for a in answers]
-    accs = [min(1.0, sum(g == pred for j, g in enumerate(gold) if j != i) / 3) for i in range(len(gold))]
-    return sum(accs) / len(accs)
+    accs = [min(1, float(sum(g == pred for j, g in enumerate(gold) if j != i)) / 3) for i in range(len(gold))]
+    return float(statistics.mean(accs))
 
 
 def result_score(result: Mapping) -> float:
@@ -437,8 +456,9 @@ def result_score(result: Mapping) -> float:
 
 
 def percent(scores: Sequence[float]) -> float:
-    """Mean x 100 (0 for no scores): the scale of every accuracy-like metric here."""
-    return 100.0 * sum(scores) / len(scores) if scores else 0.0
+    """Mean x 100 (0 for no scores): the scale of every accuracy-like metric here; the
+    mean first, as lmms-eval's ``mean`` aggregation, so the result is 100 x its value."""
+    return 100.0 * (sum(scores) / len(scores)) if scores else 0.0
 
 
 def accuracy(results: list[dict], group_key: Optional[str] = None) -> dict[str, float]:

@@ -5,8 +5,10 @@ the images of config ``testdev_balanced_images`` on ``imageId`` = ``id``. We do 
 from the hub, or from a local folder that mirrors the hub repository
 (``<data>/testdev_balanced_instructions/*.parquet`` and ``<data>/testdev_balanced_images/*.parquet``);
 rows that already have an ``image`` column keep it, and ``{media_root}/{imageId}.jpg`` (or
-``.png``) is the last resort. Metric: exact match after lower-casing and removing
-punctuation, ``score`` in percent.
+``.png``) is the last resort. Metric: lmms-eval's exact match (``common.exact_match``:
+both lower-cased, punctuation removed, nothing else, so "yes ." is wrong; the lenient
+scoring also trims the spaces that leaves), ``score`` in percent.
+Generation: 16 new tokens, stop at a blank line (lmms-eval gqa.yaml).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import functools
 from pathlib import Path
 
 from pipeline.tasks import register_task
-from pipeline.tasks.common import (SHORT_ANSWER, ShortAnswerTask, exact_match, image_sample,
-                                   load_dataset_split, undecoded_images)
+from pipeline.tasks.common import (DEFAULT_UNTIL, SHORT_ANSWER, ShortAnswerTask, exact_match, exact_match_lenient,
+                                   image_sample, load_dataset_split, undecoded_images)
 
 IMAGES = ("lmms-lab/GQA", "testdev_balanced_images", "testdev")
 
@@ -25,6 +27,7 @@ class GQA(ShortAnswerTask):
     name = "gqa"
     hub = (("lmms-lab/GQA", "testdev_balanced_instructions", "testdev"),)
     max_new_tokens = 16
+    until = DEFAULT_UNTIL
 
     def rows(self, data=None, *, limit=None, split=None, config=None, start=0, stop=None):
         for row in super().rows(data, limit=limit, split=split, config=config, start=start, stop=stop):
@@ -44,6 +47,9 @@ class GQA(ShortAnswerTask):
 
     def score(self, parsed, sample):
         return exact_match(parsed or "", sample.answer)
+
+    def score_lenient(self, parsed, sample):
+        return exact_match_lenient(parsed or "", sample.answer)
 
 
 @functools.lru_cache(maxsize=4)

@@ -56,7 +56,7 @@ def parse_number(output: str) -> Optional[str]:
 class SyntheticFine(Task):
     name = "synthetic_fine"
     modality = "image"  # mostly images; the "moved" rows carry a video, which the decode stage reads
-    max_new_tokens = 8
+    max_new_tokens = 8  # ours, not an lmms-eval task: a short answer, no stop strings
 
     def rows(self, data: Optional[str] = None, *, limit: Optional[int] = None, split: Optional[str] = None,
              config: Optional[str] = None, start: int = 0, stop: Optional[int] = None) -> Iterator[dict]:
@@ -76,7 +76,7 @@ class SyntheticFine(Task):
             stem, ext = os.path.splitext(row["video"])  # relative to the data folder: no other layout
             path, error = find_media([media_root_of(row, media_root)], stem, (ext,))
             return Sample(id=str(row["id"]), prompt=prompt, video=path, answer=row["answer"], meta=meta,
-                          error=error, max_new_tokens=self.max_new_tokens)
+                          error=error, max_new_tokens=self.max_new_tokens, until=self.until)
         return image_sample(self, str(row["id"]), prompt, [row.get("image")], answer=row["answer"], meta=meta,
                             root=media_root_of(row, media_root))
 

@@ -140,10 +140,12 @@ def test_a_ray_job_logs_a_parent_and_one_child_per_grid_point(first_run, sweep):
     assert sorted(r.info.run_name for r in children) == ["none", "random-0.778", "vlm_pruner-0.778"]
     assert all(r.info.status == "FINISHED" for r in all_runs)
     assert parent.data.params["tasks"] == "pope,egoschema" and parent.data.params["model"] == "tiny:qwen2_vl"
+    assert parent.data.params["scoring"] == "lmms_eval 0.7.3"
     by_name = {r.info.run_name: r for r in children}
     for run in children:
         params, metrics = run.data.params, run.data.metrics
         assert params["model"] == "tiny:qwen2_vl" and params["tasks"] == "pope,egoschema"
+        assert params["scoring"] == "lmms_eval 0.7.3"
         assert run.data.tags["sweep.point_key"]
         for task in TASKS:
             assert metrics[f"{task}/samples"] == 2 and metrics[f"{task}/errors"] == 0

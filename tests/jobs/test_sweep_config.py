@@ -67,12 +67,24 @@ def test_set_parses_yaml_and_indexes_lists():
     ("resources.dtype=float17", "resources.dtype", "unknown dtype"),
     ("resources.gpus=1", "resources.gpus", "allowed: actors, num_gpus"),
     ("grid.rates=[0.5]", "grid.rates", "allowed: methods, pruning_rates, layers, params"),
+    ("scoring=strict", "scoring", "one of lmms_eval, lenient"),
 ])
 def test_a_bad_entry_names_its_field_and_what_it_allows(override, field, allowed):
     with pytest.raises(SweepConfigError) as err:
         SweepConfig.from_dict(apply_overrides(BASE, [override]))
     assert err.value.field == field
     assert allowed in str(err.value)
+
+
+def test_scoring_defaults_to_lmms_eval_and_is_logged_with_its_release():
+    from pipeline.sweep.tracking import point_key
+
+    config = SweepConfig.from_dict(BASE)
+    assert config.scoring == "lmms_eval" and config.flat()["scoring"] == "lmms_eval 0.7.3"
+    lenient = SweepConfig.from_dict(apply_overrides(BASE, ["scoring=lenient"]))
+    assert lenient.flat()["scoring"] == "lmms_eval 0.7.3 + lenient"
+    # points scored another way are other results: a sweep never reuses them
+    assert point_key(config, PruningConfig.none()) != point_key(lenient, PruningConfig.none())
 
 
 def test_check_against_the_model_tasks_and_data(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline.tasks import common
-from pipeline.tasks.common import (encode_image, exact_match, hub_candidates, load_rows, mc_prompt, parse_letter,
-                                   parse_yes_no, vqa_accuracy, vqa_normalize)
+from pipeline.tasks.common import (encode_image, exact_match, exact_match_lenient, hub_candidates, load_rows,
+                                   mc_prompt, parse_letter, parse_yes_no, vqa_accuracy, vqa_normalize)
 
 
 def _png(color=(255, 0, 0), size=(8, 6), fmt="PNG") -> bytes:
@@ -166,10 +166,16 @@ def test_vqa_accuracy_is_the_leave_one_out_mean():
     assert vqa_accuracy("dog", []) == 0.0
 
 
-def test_exact_match_ignores_case_and_punctuation():
-    assert exact_match("Yes.", "yes") == 1.0
-    assert exact_match(" T-shirt ", "tshirt") == 1.0
+def test_exact_match_ignores_case_and_punctuation_but_not_spaces_as_lmms_eval():
+    assert exact_match("Yes.", "yes") == 1.0 and exact_match("T-shirt", "tshirt") == 1.0
+    assert exact_match(" T-shirt ", "tshirt") == 0.0 and exact_match("yes .", "yes") == 0.0
     assert exact_match("left side", "left") == 0.0
+    assert exact_match_lenient(" T-shirt ", "tshirt") == 1.0 and exact_match_lenient("yes .", "yes") == 1.0
+
+
+def test_vqa_normalize_removes_at_most_32_periods_as_lmms_eval():
+    # lmms-eval hands re.UNICODE (32) to re.sub as its count
+    assert vqa_normalize("a." * 40) == "a" * 32 + "a." * 8
 
 
 def test_result_score_counts_errors_as_wrong():

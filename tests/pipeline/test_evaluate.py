@@ -66,11 +66,16 @@ def test_every_sample_has_exactly_one_row(local_ray, sample_sets, tmp_path, task
 def test_command_line_writes_predictions_and_summary(local_ray, sample_sets, tmp_path, capsys):
     out = tmp_path / "run"
     evaluate.main(["--task", "pope", "--data", str(sample_sets / "pope"), "--model", "tiny:qwen2_vl",
-                   "--method", "divprune", "--pruning-rate", "0.5", "--out", str(out), "--batch-size", "3"])
+                   "--method", "divprune", "--pruning-rate", "0.5", "--out", str(out), "--batch-size", "3",
+                   "--scoring", "lenient"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["method"] == "divprune" and summary["metrics"]["samples"] == 5
+    # lmms-eval's metrics under their names, the lenient ones beside them under lenient/
+    assert summary["scoring"] == "lmms_eval 0.7.3 + lenient"
+    assert {"score", "f1", "unparsed", "lenient/score", "lenient/f1", "lenient/unparsed"} <= set(summary["metrics"])
     rows = pq.read_table(out / "predictions.parquet").to_pylist()
     assert len(rows) == 5
+    assert all(r["lenient_score"] is not None for r in rows if not r["error"])
     # Each model call gets one full batch (the last the rest), not a batch and a remainder.
     calls = Counter((row["infer_started"], row["infer_finished"]) for row in rows)
     assert sorted(calls.values(), reverse=True) == [3, 2]

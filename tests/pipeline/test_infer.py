@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.infer import Generator, Preparer, Request
+from pipeline.infer import WRAPPER_MAX_NEW_TOKENS, Generator, Preparer, Request, cut_at_stop
 from pipeline.models import TINY_MODELS, load_processor, model_config
 from pruning import PruningConfig
 
@@ -79,3 +79,36 @@ def test_collate_refuses_an_empty_batch(cache_dir):
     preparer = Preparer(load_processor("tiny:qwen2_vl", cache_dir=cache_dir), "qwen2_vl")
     with pytest.raises(ValueError, match="at least one"):
         preparer.collate([])
+
+
+def test_stop_strings_end_the_answer_and_stop_generating(cache_dir):
+    """lmms-eval's ``until``: the answer is the text before the first stop string, and
+    generation stops once it appears (fewer new tokens); batch neighbours are unaffected."""
+    generator = Generator("tiny:qwen2_vl", cache_dir=cache_dir)
+    config = PruningConfig.none()
+    prompt, picture = "What is shown?", _picture(64, 96, 1)
+    full = generator.run([Request(prompt, images=[picture], max_new_tokens=16)], config)[0]
+    text = full.text
+    # a two-character stop string first seen in the middle of the answer
+    k = next(k for k in range(1, len(text) - 2) if text.index(text[k:k + 2]) == k and " " not in text[k:k + 2])
+    stopped = Request(prompt, images=[picture], max_new_tokens=16, until=("never", text[k:k + 2]))
+    alone = generator.run([stopped], config)[0]
+    assert alone.text == text[:k].strip()
+    assert alone.new_tokens < full.new_tokens == 16
+    neighbour = Request("Say something.", max_new_tokens=12)
+    together = generator.run([stopped, neighbour], config)
+    assert [a.text for a in together] == [alone.text, generator.run([neighbour], config)[0].text]
+    assert together[0].new_tokens == alone.new_tokens and together[1].new_tokens == 12
+
+
+def test_no_budget_means_the_families_lmms_eval_wrapper_default(cache_dir):
+    generator = Generator("tiny:qwen2_vl", cache_dir=cache_dir)
+    assert generator.default_max_new_tokens == WRAPPER_MAX_NEW_TOKENS["qwen2_vl"] == 128
+    answer = generator.run([Request("Say something.", max_new_tokens=None)], PruningConfig.none())[0]
+    assert answer.new_tokens == 128  # random weights never stop on their own
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("B\n\nBecause", ["\n\n"]) == "B"
+    assert cut_at_stop("x ASSISTANT: y \n\n z", ["\n\n", "ASSISTANT:"]) == "x "
+    assert cut_at_stop("plain", []) == "plain" and cut_at_stop("plain", [""]) == "plain"

@@ -84,7 +84,7 @@ def test_sample_sets_in_every_layout_find_every_present_video(tmp_path, monkeypa
         assert data.parent.name == "snapshots" and (data.parent.parent / "refs/main").read_text() == data.name
     home = Path(os.environ["HF_HOME"])
     task = get_task(name)
-    samples = evaluate.read_samples(name, str(data), frames=4)
+    samples = evaluate.read_samples(name, str(data))
 
     assert len(samples) == 4 and len({s.id for s in samples}) == 4  # every row once
     folder = expected_folder(task, layout, root, home)
@@ -245,13 +245,13 @@ def test_a_repository_download_with_its_zips_unzipped_in_place(tmp_path, hf_home
     where its zips put them. Three videos present (one cut in half), one in no zip."""
     root, present = REPOSITORIES[name](tmp_path)
     with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
-        samples = evaluate.read_samples(name, str(root), frames=4)
+        samples = evaluate.read_samples(name, str(root))
     assert len(samples) == 4  # the Subset / MC rows only, not another config's
     assert [s.video for s in samples[:3]] == [str(p) for p in present]
     assert [s.error for s in samples[:2]] == [None, None]
     assert samples[3].error.startswith("missing video: tried ") and str(root) in samples[3].error
     if name == "videomme_subtitles":
-        assert samples[0].prompt.startswith("This video's subtitles are listed below:\nHere are the candles.\n")
+        assert samples[0].prompt.startswith("This video's subtitles are listed below: \nHere are the candles.\n")
         assert "cannot open video" in samples[2].error
     else:
         assert samples[2].error is None

@@ -1,5 +1,7 @@
-"""Video benchmarks: exact prompts, video/subtitle lookup, parsing and scoring; and the
-sample sets of ``python -m pipeline.samples`` read back by every task."""
+"""Video benchmarks: exact prompts (lmms-eval 0.7.3's, snapshot), video/subtitle lookup,
+generation settings, parsing and scoring (lmms-eval's, and the lenient one); and the
+sample sets of ``python -m pipeline.samples`` read back by every task. tests/conformance
+runs the same against the lmms-eval package itself."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from pipeline.samples import VIDEO_TASKS, WRITERS, video_frames, write_srt, write_task, write_video
 from pipeline.tasks import get_task, list_tasks
+from pipeline.tasks.scoring import read, task_metrics
 from pipeline.tasks.videomme import read_srt, subtitles_at_frames
 from pipeline.video import VideoError, read_frames
 
@@ -18,13 +21,16 @@ ALL_TASKS = ("egoschema", "nextqa", "videomme", "videomme_subtitles", "egoplan",
              "scienceqa_img", "textvqa", "ocrbench", "seedbench", "okvqa", "synthetic_fine")
 
 
-def results_of(task, samples, outputs):
+def results_of(task, samples, outputs, lenient=False):
     results = []
     for s, out in zip(samples, outputs):
-        parsed = None if s.error else task.parse(out, s)
-        results.append({"parsed": parsed, "score": None if s.error else task.score(parsed, s), "answer": s.answer,
-                        "meta": s.meta, "error": s.error})
+        parsed, score = (None, None) if s.error else read(task, out, s, lenient=lenient)
+        results.append({"parsed": parsed, "score": score, "answer": s.answer, "meta": s.meta, "error": s.error})
     return results
+
+
+def metrics_of(task, samples, outputs, lenient=False):
+    return task_metrics(task, results_of(task, samples, outputs, lenient))
 
 
 def put_video(root, relative, n_frames=24):
@@ -39,21 +45,29 @@ def test_egoschema_prompt_video_and_scoring(tmp_path):
     task = get_task("egoschema")
     put_video(tmp_path, "egoschema/videos/v1.MP4")
     row = {"question_idx": "q1", "question": "What is C doing in the kitchen?", "video_idx": "v1",
-           "option": ["A. cooking", "B. reading", "C. running", "D. sleeping", "E. washing up"], "answer": "0"}
+           "option": ["A. C is cooking", "B. C is reading", "C. C runs", "D. C sleeps", "E. C washes up"],
+           "answer": "0"}
     sample = task.sample(row, media_root=str(tmp_path))
     assert sample.prompt == (
-        "What is C doing in the kitchen?\nA. cooking\nB. reading\nC. running\nD. sleeping\nE. washing up\n"
-        "Answer with the option's letter from the given choices directly.")
-    assert (sample.id, sample.answer, sample.error, sample.max_new_tokens) == ("q1", "A", None, 16)
+        "What is C doing in the kitchen?\nA. C is cooking\nB. C is reading\nC. C runs\nD. C sleeps\n"
+        "E. C washes up\nAnswer with the option's letter from the given choices directly.")
+    assert (sample.id, sample.answer, sample.error, sample.max_new_tokens, sample.until) == (
+        "q1", "0", None, 16, ("\n\n",))
     assert sample.video == str(tmp_path / "egoschema/videos/v1.MP4")
-    # options without their letter get one; an int answer works too
+    # options are printed as the dataset has them (lmms-eval adds no letters); an int answer works too
     bare = task.sample({**row, "option": ["x", "y", "z", "u", "v"], "answer": 3}, media_root=str(tmp_path))
-    assert bare.prompt.split("\n")[1:6] == ["A. x", "B. y", "C. z", "D. u", "E. v"] and bare.answer == "D"
+    assert bare.prompt.split("\n")[1:6] == ["x", "y", "z", "u", "v"] and bare.answer == "3"
 
-    outputs = ["A", "The answer is (B).", "washing up", "I cannot tell", "A."]
+    # lmms-eval's MMMU extractor: "C is ..." reads as C (the option text starts with the letter);
+    # the earliest of several candidates wins; nothing found is its random pick: unparsed here
+    outputs = ["A", "The answer is (B).", "C is running", "I cannot tell", "A.", "B or A", "(D) or (A)"]
     parsed = [task.parse(o, sample) for o in outputs]
-    assert parsed == ["A", "B", "E", None, "A"]
-    assert [task.score(p, sample) for p in parsed] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert parsed == ["A", "B", "C", None, "A", "B", "D"]
+    assert [task.score(p, sample) for p in parsed] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    metrics = metrics_of(task, [sample] * len(outputs), outputs)
+    assert metrics["score"] == pytest.approx(200 / 7) and metrics["unparsed"] == 1.0
+    lenient = [task.parse_lenient(o, sample) for o in outputs]
+    assert lenient == ["A", "B", None, None, "A", None, "D"]
 
 
 def test_nextqa_prompt_has_no_instruction_and_scores_by_type(tmp_path):
@@ -66,12 +80,16 @@ def test_nextqa_prompt_has_no_instruction_and_scores_by_type(tmp_path):
     assert sample.prompt == ("why did the boy pick up the ball\nA. to throw it\nB. to clean it\nC. give to dog\n"
                              "D. to sit on it\nE. put it away")
     assert (sample.id, sample.answer, sample.error) == ("4010069381_7", "C", None)
+    assert (sample.max_new_tokens, sample.until) == (None, ("\n\n",))  # the model's default budget
     assert sample.meta["type"] == "CW" and sample.meta["family"] == "causal"
+    # lmms-eval's NExTQA extractor: "(X)" first, the last of several wins; no option: its random pick
+    outputs = ["C", "(B) or (C)", "B or C", "C. give to dog", "he wanted to give to dog, I think so", "no idea"]
+    assert [task.parse(o, sample) for o in outputs] == ["C", "C", "C", "C", "C", None]
 
     other = task.sample({**row, "qid": 8, "type": "TN", "answer": 0}, media_root=str(tmp_path))
     missing = task.sample({**row, "video": 1, "qid": 9, "type": "DO"}, media_root=str(tmp_path))
-    metrics = task.aggregate(results_of(task, [sample, other, missing], ["C", "B", "C"]))
-    assert metrics["score"] == pytest.approx(100 / 3)
+    metrics = metrics_of(task, [sample, other, missing], ["C", "B", "C"])
+    assert metrics["score"] == pytest.approx(100 / 3) and metrics["unparsed"] == 0.0
     assert (metrics["CW"], metrics["TN"], metrics["DO"]) == (100.0, 0.0, 0.0)
     assert (metrics["causal"], metrics["temporal"], metrics["descriptive"]) == (100.0, 0.0, 0.0)
     assert (metrics["n"], metrics["errors"]) == (3.0, 1.0)
@@ -91,38 +109,53 @@ VIDEOMME_QUESTION = (
     "A. Apples.\nB. Candles.\nC. Berries.\nD. The three kinds are of the same number.\n")
 
 
+def font(text):
+    return f'<font color="white" size=".72c">{text}</font>'
+
+
 def test_videomme_prompt_extensions_and_duration_scores(tmp_path):
     task = get_task("videomme")
     put_video(tmp_path, "videomme/data/fFjv93ACGo8.mkv")
     sample = task.sample(VIDEOMME_ROW, media_root=str(tmp_path))
-    assert sample.prompt == VIDEOMME_QUESTION + "Answer with the option's letter from the given choices directly."
-    assert (sample.id, sample.answer, sample.error) == ("001-1", "C", None)
+    assert sample.prompt == VIDEOMME_QUESTION + "\nAnswer with the option's letter from the given choices directly."
+    assert (sample.id, sample.answer, sample.error, sample.max_new_tokens, sample.until) == (
+        "001-1", "C", None, 16, ("\n\n",))
     assert sample.video == str(tmp_path / "videomme/data/fFjv93ACGo8.mkv")
-    assert task.parse("The best answer is C", sample) == "C" and task.parse("Berries", sample) == "C"
+    # lmms-eval's extract_mcq_answer: "The best answer is C", "C" at the start; the option's text is not read
+    assert task.parse("The best answer is C", sample) == "C" and task.parse("Berries", sample) == "B"
+    assert task.parse("Candles. No: (C)", sample) == "C" and task.parse("hmm", sample) == ""
+    assert task.parse_lenient("Berries", sample) == "C"
 
-    rows = [dict(VIDEOMME_ROW, question_id=f"q{i}", duration=d) for i, d in enumerate(["short", "medium", "long", "long"])]
+    rows = [dict(VIDEOMME_ROW, question_id=f"q{i}", duration=d, task_type=t)
+            for i, (d, t) in enumerate([("short", "Counting Problem"), ("medium", "Counting Problem"),
+                                        ("long", "OCR Problems"), ("long", "OCR Problems")])]
     samples = [task.sample(r, media_root=str(tmp_path)) for r in rows]
-    metrics = task.aggregate(results_of(task, samples, ["C", "(C)", "C. Berries", "A"]))
-    assert metrics["score"] == 75.0
-    assert (metrics["short"], metrics["medium"], metrics["long"]) == (100.0, 100.0, 50.0)
+    metrics = metrics_of(task, samples, ["C", "(C)", "C. Berries", "A"])
+    assert metrics["score"] == 75.0 and metrics["unparsed"] == 0.0
+    assert (metrics["duration/short"], metrics["duration/medium"], metrics["duration/long"]) == (100.0, 100.0, 50.0)
+    assert (metrics["task_type/Counting Problem"], metrics["task_type/OCR Problems"]) == (100.0, 50.0)
+    assert metrics["domain/Knowledge"] == metrics["sub_category/Humanity & History"] == 75.0
 
 
-def test_videomme_subtitles_keep_the_lines_at_sampled_frames(tmp_path):
+def test_videomme_subtitles_follow_lmms_evals_32_frames_and_font_spans(tmp_path):
     task = get_task("videomme_subtitles")
-    put_video(tmp_path, "videomme/data/fFjv93ACGo8.mp4", n_frames=24)  # 3 s at 8 fps
+    put_video(tmp_path, "videomme/data/fFjv93ACGo8.mp4", n_frames=240)  # 30 s at 8 fps
     write_srt(tmp_path / "videomme/subtitle/fFjv93ACGo8.srt",
-              [(0.0, 1.0, "first line"), (1.0, 2.0, "second line"), (2.9, 3.0, "last line")])
-    # 2 frames -> [0, 23]: "second line" (frames 8..15) is not on screen at either
-    sample = task.sample(VIDEOMME_ROW, media_root=str(tmp_path), num_frames=2)
-    assert sample.prompt == ("This video's subtitles are listed below:\nfirst line\nlast line\n"
+              [(0.0, 1.0, "first line"), (10.0, 10.1, "too short"), (20.0, 22.0, "last line")])
+    # 32 frames of 240 (every 7.7 frames): "too short" (frames 80..80) is on screen at none
+    sample = task.sample(VIDEOMME_ROW, media_root=str(tmp_path))
+    assert sample.prompt == ("This video's subtitles are listed below: \nfirst line\nlast line\n"
                              + VIDEOMME_QUESTION + "The best answer is:")
-    assert sample.error is None and sample.meta["num_frames"] == 2
-    # 4 frames -> [0, 7, 15, 23]: all three
-    four = task.sample(VIDEOMME_ROW, media_root=str(tmp_path), num_frames=4)
-    assert four.prompt.startswith("This video's subtitles are listed below:\nfirst line\nsecond line\nlast line\nSelect")
+    assert sample.error is None
+    # only the first <font> span of a cue counts, and a cue without one is left out
+    (tmp_path / "videomme/subtitle/fFjv93ACGo8.srt").write_text(
+        f"1\n00:00:00,000 --> 00:00:01,000\n{font('one')} {font('two')}\n\n"
+        "2\n00:00:20,000 --> 00:00:22,000\nplain text\n", encoding="utf-8")
+    assert task.sample(VIDEOMME_ROW, media_root=str(tmp_path)).prompt.startswith(
+        "This video's subtitles are listed below: \none\nSelect")
 
     no_srt = task.sample({**VIDEOMME_ROW, "videoID": "other"}, media_root=str(tmp_path))
-    assert no_srt.prompt.startswith("This video's subtitles are listed below:\nNo subtitles available\nSelect")
+    assert no_srt.prompt.startswith("This video's subtitles are listed below: \nNo subtitles available\nSelect")
     assert no_srt.error.startswith("missing video: ")
 
 
@@ -133,14 +166,19 @@ def test_videomme_subtitles_tolerate_a_broken_video(tmp_path):
     write_srt(tmp_path / "videomme/subtitle/fFjv93ACGo8.srt", [(0.0, 1.0, "first line")])
     sample = task.sample(VIDEOMME_ROW, media_root=str(tmp_path))
     assert "cannot open video" in sample.error and sample.prompt.endswith("The best answer is:")
+    (tmp_path / "videomme/subtitle/fFjv93ACGo8.srt").write_text("1\n00:00:00.500 --> 00:00:01,000\nhi\n")
+    put_video(tmp_path, "videomme/data/fFjv93ACGo8.mp4")
+    assert "cannot place subtitles" in task.sample(VIDEOMME_ROW, media_root=str(tmp_path)).error  # "." for ","
 
 
 def test_srt_parsing_and_frame_overlap(tmp_path):
     path = tmp_path / "a.srt"
-    path.write_text('1\n00:00:00,500 --> 00:00:01,250\n<font color="white" size=".72c">Hello</font>\n\n'
-                    "2\n00:01:02.000 --> 00:01:03.000\ntwo\nlines\n\n3\nno timing here\n", encoding="utf-8")
-    assert read_srt(str(path)) == [(0.5, 1.25, "Hello"), (62.0, 63.0, "two lines")]
-    cues = [(0.0, 1.0, "a"), (1.0, 2.0, "b"), (2.5, 2.9, "c")]
+    path.write_text(f"1\n00:00:00,500 --> 00:00:01,250\n{font('Hello')}\n\n"
+                    "2\n00:01:02,000 --> 00:01:03,5\ntwo\nlines\n\n3\nno timing here\n\n"
+                    "4\n00:00:00,500 --> 00:00:01,250\nsame times: replaces cue 1\n", encoding="utf-8")
+    # the last block keeps the file's final newline as a trailing space, as lmms-eval's reader does
+    assert read_srt(str(path)) == [(0.5, 1.25, "same times: replaces cue 1 "), (62.0, 63.005, "two lines")]
+    cues = [(0.0, 1.0, font("a")), (1.0, 2.0, font("b")), (2.5, 2.9, font("c"))]
     assert subtitles_at_frames(cues, 10.0, 30, 3) == ["a", "b"]  # frames 0, 14, 29
     assert subtitles_at_frames(cues, 10.0, 30, 30) == ["a", "b", "c"]
 
@@ -154,13 +192,23 @@ def test_egoplan_goal_sentence_rule_and_prompt(tmp_path):
     sample = task.sample(row, media_root=str(tmp_path))
     assert sample.prompt == (
         "My current task is to make tomato and egg stir-fry. The task's progress is demonstrated in the provided "
-        "video. My current field of view is shown in the provided image. What should be my next action?\n"
+        "video. My current field of view is shown in the provided image. What should be my next action? Please "
+        "output the most reasonable action you think, expressed in a short phrase.\n"
         "A. wash tomato\nB. crack egg\nC. stir food\nD. put down knife\n"
         "Answer with the option's letter from the given choices")
     assert (sample.id, sample.answer, sample.error, sample.images) == ("1234", "B", None, [])
+    assert (sample.max_new_tokens, sample.until) == (4096, ("\n\n",))
     ing = task.sample({**row, "task_goal": "cooking a tomato and egg stir-fry"}, media_root=str(tmp_path))
     assert ing.prompt.startswith("I am tasked with cooking a tomato and egg stir-fry. The task's progress")
-    assert [task.parse(o, sample) for o in ["B", "crack egg", "E", ""]] == ["B", "B", None, None]
+    # a goal that says "goal" is cut after its first "to" (lmms-eval's rule, even inside a word)
+    goal = task.sample({**row, "task_goal": "The goal is to make tea"}, media_root=str(tmp_path))
+    assert goal.prompt.startswith("My current task is to make tea. The task's")
+    tomato = task.sample({**row, "task_goal": "goal: tomato soup"}, media_root=str(tmp_path))
+    assert tomato.prompt.startswith("My current task is to mato soup. The task's")
+    # lmms-eval's regex: the first A-D anywhere after answer prefixes, capitals in words too
+    outputs = ["B", "The answer is B", "crack egg", "E", "", "And then B"]
+    assert [task.parse(o, sample) for o in outputs] == ["B", "B", "", "", "", "A"]
+    assert [task.parse_lenient(o, sample) for o in outputs] == ["B", "B", "B", None, None, None]
     results = results_of(task, [sample, ing], ["B", "A"])
     assert task.aggregate(results)["score"] == 50.0
 
@@ -239,7 +287,7 @@ def test_sample_answers_can_be_read_off_the_video(tmp_path):
     task = get_task("egoschema")
     [sample] = [task.sample(r) for r in task.rows(str(write_task("egoschema", tmp_path, 1)))]
     middle = read_frames(sample.video, 3)[1].reshape(-1, 3).astype(int)
-    gold = sample.meta["options"]["ABCDE".index(sample.answer)]
+    gold = sample.meta["options"][int(sample.answer)].split(". ", 1)[1]
     counts = {name: int((np.abs(middle - rgb).sum(axis=1) < 60).sum()) for name, rgb in COLOURS.items()}
     assert max(counts, key=counts.get) == gold
 
@@ -255,7 +303,7 @@ def test_samples_are_deterministic(tmp_path):
 @pytest.mark.parametrize("name", VIDEO_TASKS)
 def test_corrupt_sample_sets_give_error_rows(tmp_path, name):
     task = get_task(name)
-    samples = [task.sample(row, num_frames=4) for row in task.rows(str(write_task(name, tmp_path, 2, corrupt=True)))]
+    samples = [task.sample(row) for row in task.rows(str(write_task(name, tmp_path, 2, corrupt=True)))]
     assert len(samples) == 4
     assert [s.error for s in samples[:2]] == [None, None]
     assert samples[3].error.startswith(f"missing video: tried {samples[3].video.rsplit('.', 1)[0]}.")
