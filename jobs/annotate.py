@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script (python jobs/annotate.py): impo
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from pipeline import cli  # noqa: E402
 from pipeline import job as pipeline_job  # noqa: E402
 from pipeline.sources import InputsSource  # noqa: E402
 from pruning import PruningConfig  # noqa: E402
@@ -99,6 +100,7 @@ class Job:
     dtype: Optional[str] = None  # model dtype (default: the checkpoint's)
     chunk_size: int = 64  # rows per part file: what an interruption can lose at most
     retry_errors: bool = False  # redo the ids whose row has an error
+    sample_timeout_s: float = 600.0  # reading or decoding one input longer than this: its row's error
 
     def settings(self) -> dict:
         """What must match for a rerun to resume (not where the data or output live)."""
@@ -110,7 +112,8 @@ class Job:
         out = Path(self.out).resolve()
         source = InputsSource(str(out / "inputs.parquet"), self.prompt, self.max_new_tokens)
         resources = pipeline_job.Resources(actors=self.actors, num_gpus=self.num_gpus, batch_size=self.batch_size,
-                                           frames=self.frames, max_pixels=self.max_pixels, dtype=self.dtype)
+                                           frames=self.frames, max_pixels=self.max_pixels, dtype=self.dtype,
+                                           sample_timeout_s=self.sample_timeout_s)
         return pipeline_job.Plan(self.model, (source,), (self.config,), str(out / "rows"), resources,
                                  keep_errors=not self.retry_errors, write_rows=self.chunk_size)
 
@@ -309,13 +312,11 @@ def annotate(job: Job) -> dict:
 
 
 def build_job(args: argparse.Namespace) -> Job:
-    from pipeline.evaluate import build_config  # the same pruning options as the pipeline's
-
     return Job(data=args.data, prompt=args.prompt, model=args.model, out=args.out,
-               config=build_config(args), column=args.column, id_column=args.id_column,
+               config=cli.pruning_config(args), column=args.column, id_column=args.id_column,
                frames=args.frames, max_pixels=args.max_pixels, max_new_tokens=args.max_new_tokens,
                batch_size=args.batch_size, actors=args.actors, num_gpus=args.num_gpus, dtype=args.dtype,
-               chunk_size=args.chunk_size, retry_errors=args.retry_errors)
+               chunk_size=args.chunk_size, retry_errors=args.retry_errors, sample_timeout_s=args.sample_timeout)
 
 
 def main(argv: Optional[list[str]] = None) -> dict:
@@ -325,31 +326,18 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--prompt", required=True, help="the instruction asked of every input")
     parser.add_argument("--model", required=True, help="local path, hub id or tiny:<family> (e.g. tiny:qwen2_vl)")
     parser.add_argument("--out", required=True, help="output directory (parts/, annotations.parquet, summary.json)")
-    parser.add_argument("--method", default="none", help="pruning method (vlm_pruner, fastv, ...) or 'none' "
-                                                         "(default)")
-    parser.add_argument("--pruning-rate", type=float, help="share of visual tokens removed, in [0, 1)")
-    parser.add_argument("--num-retain", type=int, help="visual tokens kept per span (instead of a rate)")
-    parser.add_argument("--layer", type=int, help="decoder layer to prune before (method default if unset)")
-    parser.add_argument("--param", action="append", metavar="NAME=VALUE",
-                        help="a method parameter, e.g. --param token_batch=8 (repeatable)")
+    cli.add_pruning_options(parser)
     parser.add_argument("--column", help="parquet: the column with the images/paths (default: image, video, "
                                          "path or file)")
     parser.add_argument("--id-column", help="parquet: take ids from this column (default: the row index)")
-    parser.add_argument("--frames", type=int, default=8, help="frames sampled per video (default 8)")
-    parser.add_argument("--max-pixels", type=int, help="resize video frames to at most this many pixels")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length at most (default 64)")
-    parser.add_argument("--batch-size", type=int, default=4, help="inputs per model batch (default 4)")
-    parser.add_argument("--actors", type=int, default=1, help="model replicas in the actor pool (default 1)")
-    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (default 0: CPU)")
-    parser.add_argument("--dtype", help="model dtype, e.g. bfloat16 (default: the checkpoint's)")
+    cli.add_resource_options(parser, batch_size=4, frames=8)
     parser.add_argument("--chunk-size", type=int, default=64,
                         help="rows per part file, the most an interruption loses (default 64)")
     parser.add_argument("--retry-errors", action="store_true", help="also redo inputs whose row has an error")
     args = parser.parse_args(argv)
-    for name in ("frames", "max_new_tokens", "batch_size", "actors", "chunk_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    try:
+    try:  # every option before Ray starts
+        cli.check(args)
         job = build_job(args)
         from pipeline.models import model_config
 
@@ -358,7 +346,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     except (ValueError, json.JSONDecodeError) as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    summary = annotate(job)
+    try:
+        summary = annotate(job)
+    except pipeline_job.PipelineError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
     print(json.dumps({k: summary[k] for k in ("inputs", "already_done", "processed", "errors", "annotated",
                                               "seconds", "annotations")}, indent=2))
     return summary

@@ -55,11 +55,12 @@ from pipeline.sweep import report  # noqa: E402
 from pipeline.sweep.config import SweepConfig, SweepConfigError, describe, load  # noqa: E402
 from pipeline.sweep.metrics import relative_metrics  # noqa: E402
 from pipeline.sweep.points import finish_point, head, local_copy, picture  # noqa: E402
-from pipeline.sweep.tracking import Tracker, point_key, sweep_key  # noqa: E402
+from pipeline.sweep.tracking import SWEEP_CONFIG, Tracker, point_key, sweep_key  # noqa: E402
 from pipeline.tasks.scoring import scoring_label  # noqa: E402
 from pruning.config import NO_PRUNING  # noqa: E402
 
 EXIT_BAD_CONFIG = 2
+EXIT_FAILED = 1  # the job could not go on (pipeline.job.PipelineError)
 
 
 def main(argv=None) -> int:
@@ -83,7 +84,11 @@ def main(argv=None) -> int:
     except SweepConfigError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    run(config, model, base=args.config.resolve().parent, name=args.config.stem, retry_errors=args.retry_errors)
+    try:
+        run(config, model, base=args.config.resolve().parent, name=args.config.stem, retry_errors=args.retry_errors)
+    except job.PipelineError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -98,9 +103,15 @@ def run(config: SweepConfig, model, *, base: Path, name: str,
     tasks = [t.name for t in config.tasks]
     tracker = Tracker(config.mlflow)
     parent = tracker.open_parent(sweep_key(config, keys), name, {**config.flat(), "output": config.output},
-                                 {"sweep.config": name})
+                                 {SWEEP_CONFIG: name})
     try:
+        stale = tracker.close_stale(parent, name)
+        if stale:
+            print(f"marked {len(stale)} runs that a killed run left RUNNING as KILLED ({', '.join(stale)})",
+                  flush=True)
         done = tracker.finished_points(keys)
+        if retry_errors:  # finished points with error rows run again (their error rows only)
+            done = {k: run for k, run in done.items() if not run.data.metrics.get("errors")}
         todo = [(p, k) for p, k in zip(points, keys) if k not in done]
         print(f"sweep {name}: {len(points)} grid points x {len(tasks)} tasks; "
               f"{len(points) - len(todo)} already finished, {len(todo)} to run", flush=True)
@@ -129,6 +140,11 @@ def run(config: SweepConfig, model, *, base: Path, name: str,
     print("\n" + report.markdown(ordered, tasks))
     for task in tasks:
         print(report.score_grid(ordered, task))
+    failed = [s for s in ordered if s.metrics.get("errors")]
+    if failed:
+        print(f"{len(failed)} grid points have rows with errors ({int(sum(s.metrics['errors'] for s in failed))} "
+              "rows: see their predictions' error column); those that media or workers caused are answered "
+              "again by a rerun with --retry-errors")
     print(f"scoring: {scoring_label(config.scoring)}")
     print(f"MLflow: experiment {config.mlflow.experiment!r}, parent run {parent}; browse with\n"
           f"  mlflow ui --backend-store-uri {tracker.uri}\nrows: {config.output_uri()}")
@@ -247,6 +263,7 @@ def _log_point(tracker: Tracker, config: SweepConfig, parent: str, name: str, ke
         tracker.end(run_id, "FAILED")  # not FINISHED: the next run of the sweep redoes this point
         raise
     tracker.end(run_id)
+    tracker.supersede(key, run_id)
     return run_id
 
 

@@ -32,8 +32,9 @@ from typing import Optional, Sequence
 
 import pyarrow.parquet as pq
 
+from pipeline import cli
 from pipeline import rows as contract
-from pipeline.job import BATCHES_PER_BLOCK, Plan, Resources, init_ray, run  # noqa: F401 (re-exported)
+from pipeline.job import BATCHES_PER_BLOCK, PipelineError, Plan, Resources, init_ray, run  # noqa: F401
 from pipeline.models import model_config
 from pipeline.sources import TaskSource, task_source
 from pipeline.tasks import get_task
@@ -189,44 +190,18 @@ def print_summary(task_name: str, result: Result) -> None:
         print(f"  {key:<22} {m[key]:.4g}")
 
 
-def build_config(args) -> PruningConfig:
-    values = {"method": args.method}
-    if args.pruning_rate is not None:
-        values["pruning_rate"] = args.pruning_rate
-    if args.num_retain is not None:
-        values["num_retain"] = args.num_retain
-    if args.layer is not None:
-        values["layer"] = args.layer
-    for item in args.param or []:
-        name, _, value = item.partition("=")
-        values[name] = json.loads(value) if value.strip() not in ("", None) else value
-    if args.method == "none":
-        values.pop("pruning_rate", None)
-    return PruningConfig.from_dict(values)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, help="benchmark name (see pipeline.tasks.list_tasks())")
     parser.add_argument("--data", required=True, help="local directory in the benchmark's layout, or a hub id")
     parser.add_argument("--model", default="tiny:qwen2_vl", help="local path, hub id or tiny:<family>")
-    parser.add_argument("--method", default="none", help="pruning method, or 'none' (default) for unpruned")
-    parser.add_argument("--pruning-rate", type=float, help="share of visual tokens removed, in [0, 1)")
-    parser.add_argument("--num-retain", type=int, help="visual tokens kept per span (instead of a rate)")
-    parser.add_argument("--layer", type=int, help="decoder layer to prune before (method default if unset)")
-    parser.add_argument("--param", action="append", metavar="NAME=VALUE",
-                        help="a method parameter, e.g. --param token_batch=8 (repeatable)")
+    cli.add_pruning_options(parser)
     parser.add_argument("--out", required=True, help="output directory (predictions.parquet, summary.json)")
     parser.add_argument("--limit", type=int, help="first N samples only")
     parser.add_argument("--media-root", help="where video/image files live (default: the data directory); videos "
                                              "are looked for under it in the spec's and the hub repository's "
                                              "layouts, then in lmms-eval's ($HF_HOME); see README")
-    parser.add_argument("--actors", type=int, default=1, help="model replicas (actors) in the infer pool")
-    parser.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (0 on a CPU machine)")
-    parser.add_argument("--batch-size", type=int, default=4, help="samples per model batch")
-    parser.add_argument("--frames", type=int, default=32, help="frames sampled per video")
-    parser.add_argument("--max-pixels", type=int, help="resize video frames to at most this many pixels")
-    parser.add_argument("--dtype", help="model dtype, e.g. bfloat16 (default: the checkpoint's)")
+    cli.add_resource_options(parser, batch_size=4, frames=32)
     parser.add_argument("--max-new-tokens", type=int,
                         help="generation budget instead of the task's own (smoke tests; scores are then not the "
                              "benchmark's)")
@@ -237,20 +212,26 @@ def main(argv=None) -> None:
                              "lenient: also our tolerant parsers' metrics, as lenient/<name>")
     args = parser.parse_args(argv)
 
-    try:  # refuse a bad config before any work
-        config = build_config(args).check_against(model_config(args.model))
+    try:  # refuse a bad option before any work (and before Ray starts)
+        cli.check(args)
         get_task(args.task)
-    except ValueError as exc:
+        config = cli.pruning_config(args).check_against(model_config(args.model))
+        cli.check_data(args.data)
+    except (OSError, ValueError) as exc:
         parser.error(str(exc))
     scoring = check_scoring(args.scoring)
     source = task_source(args.task, args.data, limit=args.limit, media_root=args.media_root,
                          max_new_tokens=args.max_new_tokens)
     resources = Resources(actors=args.actors, num_gpus=args.num_gpus, batch_size=args.batch_size,
-                          frames=args.frames, max_pixels=args.max_pixels, dtype=args.dtype)
+                          frames=args.frames, max_pixels=args.max_pixels, dtype=args.dtype,
+                          sample_timeout_s=args.sample_timeout)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
-    ((result,),) = evaluate([source], args.model, [config], out, resources,
-                            keep_errors=not args.retry_errors, scoring=scoring).values()
+    try:
+        ((result,),) = evaluate([source], args.model, [config], out, resources,
+                                keep_errors=not args.retry_errors, scoring=scoring).values()
+    except PipelineError as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
     (out / "summary.json").write_text(json.dumps({"task": args.task, "config": config.to_dict(),
                                                   "scoring": scoring_label(scoring), "metrics": result.metrics},
                                                  indent=2))

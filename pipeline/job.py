@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from pipeline import rows as contract
-from pipeline.stages import DecodeStage, InferStage, ReadStage, ScoreStage, Todo, WriteStage
+from pipeline.stages import DecodeStage, InferStage, ReadStage, ScoreStage, Todo, WriteStage, error_text
 from pipeline.store import RowStore, rows_key
 from pipeline.tasks.scoring import LMMS_EVAL, scoring_label
 
@@ -47,6 +47,13 @@ class Resources:
     device: Optional[str] = None  # default: cuda when the actor has a GPU, else cpu
     dtype: Optional[str] = None
     threads: Optional[int] = None  # torch CPU threads per actor (default: Ray's, = cpus_per_actor)
+    # Deadlines (0: none): a sample's read and decode, and one model call, longer than
+    # this kill their worker (a hung decoder or GPU); the job then retries and isolates
+    # (pipeline.job.run). And how long the actors may take to start (an autoscaler adding
+    # GPU nodes) before the job stops with an error.
+    sample_timeout_s: float = 600.0
+    batch_timeout_s: float = 3600.0
+    actor_start_timeout_s: float = 1800.0
 
     def inputs(self) -> dict:
         """What changes the model's inputs or numbers (part of every stored row's key)."""
@@ -133,7 +140,15 @@ def prepare(plan: Plan) -> tuple[dict, dict, dict]:
 def run(plan: Plan, *, on_start: Optional[Callable[[Progress], None]] = None,
         on_written: Optional[Callable[[dict], None]] = None, desc: str = "answers") -> Progress:
     """Run ``plan`` to completion. ``on_start`` sees what is to do before any work;
-    ``on_written`` each WRITTEN row as it arrives (``progress.written`` already counts it)."""
+    ``on_written`` each WRITTEN row as it arrives (``progress.written`` already counts it).
+
+    Failures stay bounded (see the module docstring of ``pipeline.stages`` for the
+    per-row ones): a task or actor call whose worker dies (a crash, an OOM kill, a
+    stage's deadline) is retried twice, then its block is set aside and the job goes on;
+    the rows of set-aside blocks are then answered one per task, and a row that still
+    kills its worker becomes an error row (:data:`LOST`). When the model fails on every
+    row of many batches in a row, across actor replacements, the job stops with
+    :class:`PipelineError` instead of writing error rows for the rest."""
     import ray
     from tqdm import tqdm
 
@@ -141,6 +156,7 @@ def run(plan: Plan, *, on_start: Optional[Callable[[Progress], None]] = None,
     start = time.perf_counter()
     counts, pending, todo = prepare(plan)
     progress = Progress(counts, pending)
+    _check_resources(plan.resources)
     if on_start is not None:
         on_start(progress)
     total = progress.total_pending
@@ -148,31 +164,147 @@ def run(plan: Plan, *, on_start: Optional[Callable[[Progress], None]] = None,
              sum(counts.values()), len(counts), len(plan.points), total,
              sum(counts.values()) * len(plan.points) - total)
     if total:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # one bar: the job's own
+        ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: the job's own
         bar = tqdm(total=total, desc=desc, unit="answer", file=sys.stderr, mininterval=1.0)
-        for batch in build(plan, counts, todo).iter_batches(batch_size=None, batch_format="pyarrow"):
-            for written in batch.to_pylist():
-                key = (written["task"], written["point"])
-                progress.written[key] = progress.written.get(key, 0) + written["rows"]
-                progress.errors += written["errors"]
-                bar.update(written["rows"])
-                bar.set_postfix(errors=progress.errors, refresh=False)
-                if on_written is not None:
-                    on_written(written)
+        breaker = _Breaker(plan.resources)
+        ranges = None
+        for attempt in ("blocks", "one row per task"):
+            try:
+                for batch in build(plan, counts, todo, ranges).iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for written in batch.to_pylist():
+                        _count(progress, written, bar)
+                        breaker.check(written)
+                        if on_written is not None:
+                            on_written(written)
+            except ray.exceptions.RayActorError as exc:  # the model's actors cannot start (a bad checkpoint)
+                raise PipelineError(f"the model's actors died: {_last_line(exc)}; the rows answered so far are "
+                                    "stored, and a rerun continues from them") from exc
+            left = _left(plan, counts)
+            if not left:
+                break
+            lost = sum(len(indices) for indices in left.values())
+            if attempt == "blocks":
+                log.warning("%d rows were set aside with tasks whose workers died; answering them one per task",
+                            lost)
+                ranges = [{"source": name, "start": i, "stop": i + 1} for name, indices in left.items()
+                          for i in indices]
+                _, _, todo = prepare(plan)  # what this pass stored is done
+            else:
+                log.warning("%d rows killed their workers again: stored as error rows (%s)", lost, LOST)
+                for written in _write_lost(plan, left):
+                    _count(progress, written, bar)
+                    if on_written is not None:
+                        on_written(written)
         bar.close()
     progress.seconds = time.perf_counter() - start
     return progress
 
 
-def build(plan: Plan, counts: dict, todo: dict):
-    """The Ray Dataset of the whole pipeline over ``plan`` (see the module docstring)."""
+# The error of a row whose worker died (or missed a deadline) on every attempt.
+LOST = ("lost: its worker died or missed its deadline on every attempt (a crash, an out-of-memory kill or a "
+        "hang; the Ray logs have the details)")
+ATTEMPTS = 3  # a task or actor call is tried this many times before its block is set aside
+
+
+class PipelineError(RuntimeError):
+    """The job cannot go on (the model fails on every row, resources the cluster lacks)."""
+
+
+class _Breaker:
+    """Stops the job when every row of the last ``limit`` answered rows failed in the
+    model: an actor that fails several batches in a row is replaced (``InferStage``),
+    and when its replacements fail as well the cause is not one bad sample."""
+
+    def __init__(self, resources: Resources):
+        # Every actor through two replacements: its first block and one per fresh process.
+        self.limit = 3 * resources.actors * resources.batch_size * BATCHES_PER_BLOCK
+        self.failed, self.last = 0, None
+
+    def check(self, written: dict) -> None:
+        if written["model_errors"] < written["rows"]:
+            self.failed = 0
+            return
+        self.failed += written["rows"]
+        self.last = written["first_error"]
+        if self.failed >= self.limit:
+            raise PipelineError(f"stopping: the model failed on each of the last {self.failed} answers, across "
+                                f"actor replacements (last error: {self.last}); the rows answered so far are "
+                                "stored, and a rerun continues from them")
+
+
+def _last_line(exc: BaseException) -> str:
+    """The innermost error line of a Ray error (its text ends with the remote traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return error_text(lines[-1] if lines else type(exc).__name__)
+
+
+def _count(progress: Progress, written: dict, bar) -> None:
+    key = (written["task"], written["point"])
+    progress.written[key] = progress.written.get(key, 0) + written["rows"]
+    progress.errors += written["errors"]
+    bar.update(written["rows"])
+    bar.set_postfix(errors=progress.errors, refresh=False)
+
+
+def _left(plan: Plan, counts: dict) -> dict[str, list[int]]:
+    """Per source, the rows some point still lacks after a pass (Ray tasks read the store)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def left(store: str, name: str, keys: list[str], count: int) -> list[int]:
+        import numpy as np
+
+        missing = np.zeros(count, dtype=bool)
+        for key in keys:
+            missing |= ~RowStore(store).done(name, key, count, keep_errors=True)
+        return np.nonzero(missing)[0].tolist()
+
+    keys = plan.keys()
+    refs = {s.name: left.remote(plan.store, s.name, keys[s.name], counts[s.name]) for s in plan.sources}
+    return {name: indices for name, ref in refs.items() if (indices := ray.get(ref))}
+
+
+def _write_lost(plan: Plan, left: dict[str, list[int]]) -> list[dict]:
+    """Error rows (:data:`LOST`) for the rows no attempt could answer, per point that lacks them."""
+    store, keys, written = RowStore(plan.store), plan.keys(), []
+    counts = {s.name: max(left.get(s.name, [0])) + 1 for s in plan.sources}
+    for source in plan.sources:
+        for point, key in enumerate(keys[source.name]):
+            done = store.done(source.name, key, counts[source.name])
+            rows = [{"index": i, "task": source.name, "id": f"row {i}", "point": point, "error": LOST, "score": 0.0}
+                    for i in left.get(source.name, []) if not done[i]]
+            if rows:
+                path = store.write(contract.table(rows, contract.SCORED), source.name, key)
+                written.append({"task": source.name, "point": point, "rows": len(rows), "errors": len(rows),
+                                "model_errors": 0, "first_error": LOST, "path": path})
+    return written
+
+
+def _check_resources(resources: Resources) -> None:
+    """Refuse GPUs a local cluster does not have (it would wait for them forever); a joined
+    cluster may add them (an autoscaler), so there the actors' start has a deadline."""
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if resources.num_gpus > gpus and not os.environ.get("RAY_ADDRESS"):
+        raise PipelineError(f"resources.num_gpus: each actor asks for {resources.num_gpus:g} GPUs, but this local "
+                            f"Ray cluster has {gpus:g}; use num_gpus: 0 on a CPU machine")
+    ray.data.DataContext.get_current().wait_for_min_actors_s = int(resources.actor_start_timeout_s) or -1
+
+
+def build(plan: Plan, counts: dict, todo: dict, ranges: Optional[list[dict]] = None):
+    """The Ray Dataset of the whole pipeline over ``plan`` (see the module docstring), over
+    ``ranges`` (default: every source in blocks of BATCHES_PER_BLOCK model batches)."""
     import ray
 
     r = plan.resources
     block = r.batch_size * BATCHES_PER_BLOCK
-    ranges = [{"source": name, "start": start, "stop": min(start + block, count)}
-              for name, count in counts.items() for start in range(0, count, block)]
+    if ranges is None:
+        ranges = [{"source": name, "start": start, "stop": min(start + block, count)}
+                  for name, count in counts.items() for start in range(0, count, block)]
+    # A block whose task fails ATTEMPTS times is set aside, not the end of the job (run()).
+    ray.data.DataContext.get_current().max_errored_blocks = -1
+    retries = {"max_retries": ATTEMPTS - 1}
     gpu = r.num_gpus > 0
     cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
     actor_cpus = _actor_cpus(r, cluster_cpus)
@@ -183,24 +315,28 @@ def build(plan: Plan, counts: dict, todo: dict):
     # infer stage is a class, so Ray Data runs it as an actor pool. Reading and decoding
     # ask for their own CPU share: with remote arguments unlike the actors', Ray Data
     # does not fuse them into the actor, so the model never waits on them.
-    ds = ds.map_batches(ReadStage({s.name: s for s in plan.sources}, todo), batch_size=1,
-                        batch_format="pyarrow", num_cpus=DECODE_CPUS)
-    ds = ds.map_batches(DecodeStage(plan.model, r.frames, r.max_pixels), batch_size=r.batch_size,
-                        batch_format="pyarrow", num_cpus=DECODE_CPUS)
+    ds = ds.map_batches(ReadStage({s.name: s for s in plan.sources}, todo, r.sample_timeout_s), batch_size=1,
+                        batch_format="pyarrow", num_cpus=DECODE_CPUS, **retries)
+    # Decoding takes whatever one read gives (batch_size None): with a batch size, Ray Data
+    # would bundle several ranges into one task to fill it, so that a worker that dies
+    # would take them all down, and the one-row ranges of run()'s second pass together.
+    ds = ds.map_batches(DecodeStage(plan.model, r.frames, r.max_pixels, r.sample_timeout_s),
+                        batch_size=None, batch_format="pyarrow", num_cpus=DECODE_CPUS, **retries)
     ds = ds.map_batches(InferStage, fn_constructor_kwargs={
                             "model": plan.model, "points": [p.to_dict() for p in plan.points],
                             "device": r.device or ("cuda" if gpu else "cpu"), "dtype": r.dtype,
                             "threads": r.threads,
                             # More than one GPU per actor: the model split over the actor's GPUs.
-                            "device_map": "auto" if r.num_gpus > 1 else None},
+                            "device_map": "auto" if r.num_gpus > 1 else None,
+                            "batch_timeout_s": r.batch_timeout_s},
                         batch_size=r.batch_size, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=r.actors), num_gpus=r.num_gpus,
-                        num_cpus=actor_cpus)
+                        num_cpus=actor_cpus, max_restarts=-1, max_task_retries=ATTEMPTS - 1)
     write = plan.write_rows or block
     ds = ds.map_batches(ScoreStage(scored, plan.scoring), batch_format="pyarrow", batch_size=write,
-                        num_cpus=DECODE_CPUS)
+                        num_cpus=DECODE_CPUS, **retries)
     return ds.map_batches(WriteStage(plan.store, plan.keys()), batch_format="pyarrow", batch_size=write,
-                          num_cpus=DECODE_CPUS)
+                          num_cpus=DECODE_CPUS, **retries)
 
 
 def warm_cpu_workers(model: str, free_cpus: float) -> None:

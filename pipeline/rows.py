@@ -95,6 +95,8 @@ WRITTEN = _columns(
     ("point", pa.int32(), "the grid point"),
     ("rows", pa.int64(), "rows in the file"),
     ("errors", pa.int64(), "of which rows with an error"),
+    ("model_errors", pa.int64(), "of which rows the model failed on"),
+    ("first_error", pa.string(), "the first error among the rows, or null"),
     ("path", pa.string(), "the file written"),
 )
 

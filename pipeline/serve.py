@@ -4,8 +4,10 @@
     serve run pipeline.serve:build model=Qwen/Qwen2-VL-2B-Instruct method=vlm_pruner \\
         pruning_rate=0.889 num_gpus=1 max_frames=32               # any ServeConfig field
 
+    serve run pipeline.serve:build media_roots=/data/images,/data/videos   # let requests name files there
+
     curl -s 127.0.0.1:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "file:///data/cat.png"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR..."}},
         {"type": "text", "text": "What is this?"}]}],
         "max_tokens": 16, "pruning": {"method": "fastv", "pruning_rate": 0.75}}'
 
@@ -13,6 +15,12 @@ Routes: ``POST /v1/chat/completions`` (request format: ``pipeline.chat``),
 ``GET /healthz``, ``GET /v1/models``. The answer is a ``chat.completion`` object plus
 ``pruning``: the config it ran under, visual tokens before/after, prefill time and
 time to first token (``pipeline.infer``'s timings, of the batch it ran in).
+
+Media: requests send images and video as ``data:`` URLs. The server reads files of its
+own disk only under the folders of ``media_roots`` (then ``file://`` URLs and absolute
+paths resolving inside them are read, symbolic links followed); by default there are
+none, and every path is refused. Prompt tokens, bytes and decoded pixels per image and
+per request are limited (``pipeline.chat.Limits``, one ServeConfig field each).
 
 Each replica loads the model once and answers every pruning config with it. A request
 is parsed and validated (JSON, media, limits, pruning config) before it joins the
@@ -24,8 +32,11 @@ processor refuses, 500 otherwise).
 """
 
 import asyncio
+import copy
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Mapping  # no `from __future__ import annotations`: FastAPI reads the hints
@@ -35,10 +46,10 @@ from typing import Any, Optional, Union
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 
-from pipeline.chat import BadRequest, Limits, parse_chat
+from pipeline.chat import CHARS_PER_TOKEN_BOUND, BadRequest, Limits, parse_chat
 from pipeline.infer import Answer, Generator, Request
 from pruning import PruningConfig
 
@@ -69,13 +80,29 @@ class ServeConfig(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
     num_cpus: float = Field(1.0, ge=0, description="CPUs per replica (torch threads follow it on CPU)")
     max_image_bytes: int = Field(Limits.max_image_bytes, ge=1, description="encoded bytes per image at most")
+    max_video_bytes: int = Field(Limits.max_video_bytes, ge=1, description="encoded bytes of the video at most")
+    max_image_pixels: int = Field(Limits.max_image_pixels, ge=1, description="decoded pixels per image at most")
+    max_request_pixels: int = Field(Limits.max_request_pixels, ge=1,
+                                    description="decoded pixels per request at most (images and video frames)")
+    max_prompt_tokens: int = Field(Limits.max_prompt_tokens, ge=1, description="prompt text tokens at most")
     max_images: int = Field(Limits.max_images, ge=0, description="images per request at most")
     max_frames: int = Field(Limits.max_frames, ge=1, description="frames sampled per video at most")
     frames: int = Field(Limits.frames, ge=1, description="frames sampled when a request does not say")
     max_pixels: Optional[int] = Field(None, ge=1, description="resize video frames to at most this many pixels")
     max_tokens: int = Field(Limits.max_tokens, ge=1, description="the largest max_tokens a request may ask")
     default_max_tokens: int = Field(Limits.default_max_tokens, ge=1, description="max_tokens when unset")
-    media_root: Optional[str] = Field(None, description="when set, media paths must lie under it")
+    media_roots: tuple[str, ...] = Field((), description="folders whose files requests may name (comma-separated "
+                                                       "on the command line); none: data URLs only")
+
+    @field_validator("media_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):  # serve run ... media_roots=/a,/b
+            value = [part for part in value.split(",") if part.strip()]
+        for root in value if isinstance(value, (list, tuple)) else ():
+            if not os.path.isdir(os.path.expanduser(str(root))):
+                raise ValueError(f"media_roots: {root!r} is not a folder on this machine")
+        return value
 
     def default_pruning(self) -> PruningConfig:
         values = {"method": self.method, "pruning_rate": self.pruning_rate, "num_retain": self.num_retain,
@@ -83,10 +110,13 @@ class ServeConfig(BaseModel):
         return PruningConfig.from_dict({k: v for k, v in values.items() if v is not None})
 
     def limits(self) -> Limits:
-        return Limits(max_image_bytes=self.max_image_bytes, max_images=self.max_images,
+        return Limits(max_image_bytes=self.max_image_bytes, max_video_bytes=self.max_video_bytes,
+                      max_image_pixels=self.max_image_pixels, max_request_pixels=self.max_request_pixels,
+                      max_prompt_tokens=self.max_prompt_tokens, max_images=self.max_images,
                       max_frames=self.max_frames, frames=min(self.frames, self.max_frames),
                       max_pixels=self.max_pixels, max_tokens=self.max_tokens,
-                      default_max_tokens=min(self.default_max_tokens, self.max_tokens), media_root=self.media_root)
+                      default_max_tokens=min(self.default_max_tokens, self.max_tokens),
+                      media_roots=tuple(self.media_roots))
 
 
 @dataclass
@@ -146,8 +176,13 @@ class ChatServer:
         self.default_pruning = config.default_pruning().check_against(self.generator.model.config)
         self.generator.warm_up()  # one-off first-call costs before the first request, not in it
         self.limits = config.limits()
-        # Every image as base64 plus room for text: a bigger body is refused unread.
-        self.max_body_bytes = max(self.limits.max_images, 1) * self.limits.max_image_bytes * 4 // 3 + 2**20
+        # Every image and the video as base64, plus room for text: a bigger body is refused unread.
+        self.max_body_bytes = ((self.limits.max_images * self.limits.max_image_bytes + self.limits.max_video_bytes)
+                               * 4 // 3 + self.limits.max_prompt_tokens * CHARS_PER_TOKEN_BOUND + 2**20)
+        # Prompts are counted off the event loop, beside the model's own processor: a copy
+        # of the tokenizer, one thread at a time (a Rust tokenizer is not shareable).
+        self._tokenizer = copy.deepcopy(self.generator.processor.tokenizer)
+        self._tokenizer_lock = threading.Lock()
         self._answer_batch.set_max_batch_size(config.max_batch_size)
         self._answer_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
@@ -159,19 +194,23 @@ class ChatServer:
     async def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.config.model, "object": "model", "owned_by": "local"}]}
 
+    def _count_tokens(self, text: str) -> int:
+        with self._tokenizer_lock:
+            return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
     @api.post("/v1/chat/completions")
     async def chat_completions(self, http: HttpRequest) -> JSONResponse:
         data = await _read_body(http, self.max_body_bytes)
         if data is None:
-            return _error(413, f"the request body is larger than {self.max_body_bytes} bytes (max_images x "
-                               "max_image_bytes as base64, plus 1 MiB)")
+            return _error(413, f"the request body is larger than {self.max_body_bytes} bytes (the media limits "
+                               "as base64, plus the prompt's)")
         try:
             body = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(400, f"the request body is not valid JSON: {exc}")
         try:
             # Media are read and checked off the event loop, before the batch queue.
-            parsed = await asyncio.to_thread(parse_chat, body, self.default_pruning, self.limits)
+            parsed = await asyncio.to_thread(parse_chat, body, self.default_pruning, self.limits, self._count_tokens)
             parsed.config.check_against(self.generator.model.config)
             problem = self.generator.check(parsed.request)
             if problem:

@@ -46,10 +46,13 @@ class TaskSource:
         task = get_task(self.task)
         for row in task.rows(self.data, limit=self.limit, start=start, stop=stop):
             index = int(row["_index"])
+            problem = task.check_row(row)
             try:
-                sample = task.sample(row, media_root=self.media_root)
-            except Exception as exc:  # a row the task cannot read is that sample's error
-                sample = Sample(id=str(row.get("id", index)), prompt="", error=f"row: {type(exc).__name__}: {exc}")
+                sample = task.sample(row, media_root=self.media_root) if problem is None else None
+            except Exception as exc:  # whatever else a row holds that the task cannot read
+                problem = f"row: {type(exc).__name__}: {exc}"
+            if problem is not None:  # nothing in one row ends the run: it is that row's error
+                sample = Sample(id=f"row {index}", prompt="", error=problem)
             if self.max_new_tokens is not None:
                 sample.max_new_tokens = self.max_new_tokens
             yield index, sample

@@ -11,13 +11,24 @@
 Columns are declared in ``pipeline.rows``: each stage checks what it takes and builds
 what it gives from there. A row whose sample failed anywhere keeps flowing with
 ``error`` set, so every input yields exactly one stored row per grid point.
+
+Failures a stage cannot catch are bounded: a sample's read or decode, and a model
+call, run under a deadline (:func:`deadline`) that kills a hung worker, and an actor
+whose model fails every row of :data:`FAILING_BATCHES` batches in a row exits when it
+is given its next block, so Ray replaces it with a fresh process (a sticky CUDA error). ``pipeline.job.run`` retries,
+isolates and stops the job from there. Error messages are deterministic for the same
+input (:func:`error_text`: no object addresses, no timestamps).
 """
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import functools
 import logging
+import os
 import pickle
+import re
 import time
 import traceback
 from typing import Mapping, Optional, Sequence
@@ -30,6 +41,33 @@ from pipeline.tasks import Sample, get_task
 from pipeline.tasks.scoring import LENIENT, LMMS_EVAL, check_scoring, read
 
 log = logging.getLogger(__name__)
+
+MODEL_ERROR = "model: "  # how a row the model failed on begins its error
+FAILING_BATCHES = 3  # an actor whose model fails every row of this many batches in a row is replaced
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?")
+
+
+def error_text(message: str) -> str:
+    """``message`` without what changes run to run for the same input (object addresses
+    as in ``<_io.BytesIO object at 0x7f..>``, timestamps), so error rows are deterministic."""
+    return _TIMESTAMP.sub("<time>", _ADDRESS.sub("", str(message)))
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Kill this worker process if the block takes longer than ``seconds`` (0: no deadline).
+    A hung decoder or model call sits in C code that no exception interrupts;
+    faulthandler's watchdog thread dumps the stack to the worker's log and exits, Ray
+    sees a dead worker and retries (``pipeline.job``)."""
+    if not seconds:
+        yield
+        return
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def read_row(index: int, source: str, sample: Sample, points: Sequence[int]) -> dict:
@@ -51,8 +89,8 @@ class ReadStage:
     :class:`Todo` (which points each of its rows still needs), computed once from the
     results store before the job starts."""
 
-    def __init__(self, sources: Mapping[str, object], todo: Mapping[str, object]):
-        self.sources, self.todo = dict(sources), dict(todo)
+    def __init__(self, sources: Mapping[str, object], todo: Mapping[str, object], sample_timeout_s: float = 0.0):
+        self.sources, self.todo, self.timeout = dict(sources), dict(todo), sample_timeout_s
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
@@ -61,10 +99,12 @@ class ReadStage:
             todo = _todo(self.todo[name])
             if not todo.any(start, stop):
                 continue  # every point of these rows is stored: their media are never read
-            for index, sample in self.sources[name].samples(start, stop):
-                points = todo.points(index)
-                if points:
-                    out.append(read_row(index, name, sample, points))
+            with deadline(self.timeout * (stop - start)):
+                for index, sample in self.sources[name].samples(start, stop):
+                    points = todo.points(index)
+                    if points:
+                        sample.error = error_text(sample.error) if sample.error else None
+                        out.append(read_row(index, name, sample, points))
         return contract.table(out, contract.READ)
 
 
@@ -99,8 +139,9 @@ class DecodeStage:
     tokenizer, image/video processor) on each sample. The actors get rows ready for the
     model, so none of this ever runs on (or waits for) a model's actor."""
 
-    def __init__(self, model: str, frames: int = 32, max_pixels: Optional[int] = None):
-        self.model, self.frames, self.max_pixels = model, frames, max_pixels
+    def __init__(self, model: str, frames: int = 32, max_pixels: Optional[int] = None,
+                 sample_timeout_s: float = 0.0):
+        self.model, self.frames, self.max_pixels, self.timeout = model, frames, max_pixels, sample_timeout_s
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from pipeline.infer import Preparer
@@ -110,7 +151,9 @@ class DecodeStage:
         for row in rows:
             row["inputs"] = None
             if not row.get("error"):
-                row["error"] = self._prepare(preparer, row)
+                with deadline(self.timeout):
+                    problem = self._prepare(preparer, row)
+                row["error"] = error_text(problem) if problem else None
         return contract.table(rows, contract.DECODED)
 
     def _prepare(self, preparer, row: dict) -> Optional[str]:
@@ -135,13 +178,20 @@ class DecodeStage:
             return f"input: {exc}"
 
 
+def _task_id() -> Optional[str]:
+    """The Ray task this call belongs to (one per block an actor is given)."""
+    import ray
+
+    return ray.get_runtime_context().get_task_id() if ray.is_initialized() else None
+
+
 class InferStage:
     """One model per actor; answers each row under every grid point it lists, batch by
     batch: all rows of the batch that need point 0, then point 1, ... ``points`` is the
     config table (``PruningConfig.to_dict()`` per point id) the rows' ids index."""
 
     def __init__(self, model: str, points: Sequence[dict], device: str = "cpu", dtype: Optional[str] = None,
-                 threads: Optional[int] = None, device_map: Optional[str] = None):
+                 threads: Optional[int] = None, device_map: Optional[str] = None, batch_timeout_s: float = 0.0):
         import torch
 
         from pipeline.infer import Generator
@@ -151,19 +201,36 @@ class InferStage:
             torch.set_num_threads(threads)
         self.configs = [PruningConfig.from_dict(p) for p in points]
         self.generator = Generator(model, device=device, dtype=dtype, device_map=device_map)
-        self.generator.warm_up()  # the first batch's timings would carry one-off costs
+        self.timeout, self.failing, self.failing_task = batch_timeout_s, 0, None
+        try:
+            self.generator.warm_up()  # the first batch's timings would carry one-off costs
+        except Exception as exc:  # a model that cannot answer: its batches say so, row by row
+            log.warning("warm-up failed: %s", error_text(f"{type(exc).__name__}: {exc}"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        task = _task_id()
+        if self.failing >= FAILING_BATCHES and task != self.failing_task:
+            # At the start of a new task, so the rows of the last one are kept: they show
+            # the failures (pipeline.job's breaker counts them); this task's block is set
+            # aside and answered again (pipeline.job.run).
+            log.error("the model failed every row of %d batches in a row: exiting so that Ray replaces this "
+                      "actor with a fresh process", self.failing)
+            os._exit(70)
         started = time.time()
         rows = []
         for row in contract.require(batch, contract.DECODED, "infer"):
             prepared = pickle.loads(row["inputs"]) if row["inputs"] is not None else None
             for point in row["points"]:
                 rows.append({**row, "point": point, "prepared": prepared, **contract.NO_ANSWER})
-        for point in sorted({row["point"] for row in rows}):
-            group = [row for row in rows if row["point"] == point and not row["error"]]
-            if group:
-                self._answer(group, self.configs[point])
+        asked = [row for row in rows if not row["error"]]
+        with deadline(self.timeout):
+            for point in sorted({row["point"] for row in rows}):
+                group = [row for row in asked if row["point"] == point]
+                if group:
+                    self._answer(group, self.configs[point])
+        if asked:
+            failed = all(row["error"] and row["error"].startswith(MODEL_ERROR) for row in asked)
+            self.failing, self.failing_task = (self.failing + 1, task) if failed else (0, None)
         finished = time.time()
         for row in rows:
             # Wall-clock span of this actor call (epoch seconds): first start to last end
@@ -178,9 +245,10 @@ class InferStage:
             answers = self.generator.run_prepared([row["prepared"] for row in rows], config)
         except Exception:
             if len(rows) == 1:
-                rows[0]["error"] = "model: " + traceback.format_exc(limit=2).strip().splitlines()[-1]
+                rows[0]["error"] = MODEL_ERROR + error_text(traceback.format_exc(limit=2).strip().splitlines()[-1])
                 return
-            log.warning("batch of %d failed; retrying its samples one by one", len(rows))
+            log.warning("batch of %d failed (%s); retrying its samples one by one", len(rows),
+                        error_text(traceback.format_exc(limit=2).strip().splitlines()[-1]))
             for row in rows:
                 self._answer([row], config)
             return
@@ -221,7 +289,7 @@ class ScoreStage:
                     parsed, score = read(task, row["output"], sample, lenient=True)
                     row.update(lenient_parsed=json.dumps(parsed), lenient_score=score)
             except Exception as exc:  # an unparseable answer scores 0 and says why
-                row["error"] = f"score: {exc}"
+                row["error"] = error_text(f"score: {exc}")
         return contract.table(rows, contract.SCORED)
 
 
@@ -245,6 +313,8 @@ class WriteStage:
             mask = pc.and_(pc.equal(batch["task"], source), pc.equal(batch["point"], point))
             part = batch.filter(mask).select(contract.names(contract.SCORED))
             path = self.store.write(part, source, self.keys[source][point])
-            written.append({"task": source, "point": point, "rows": part.num_rows,
-                            "errors": part.num_rows - part["error"].null_count, "path": path})
+            errors = [e for e in part["error"].to_pylist() if e is not None]
+            written.append({"task": source, "point": point, "rows": part.num_rows, "errors": len(errors),
+                            "model_errors": sum(e.startswith(MODEL_ERROR) for e in errors),
+                            "first_error": errors[0] if errors else None, "path": path})
         return contract.table(written, contract.WRITTEN)

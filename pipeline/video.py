@@ -97,6 +97,28 @@ def video_fps_and_length(path: str) -> tuple[float, int]:
     return float(reader.get_avg_fps()), len(reader)
 
 
+def frame_size(path: str) -> tuple[int, int]:
+    """``(height, width)`` of a video's frames, from its stream header (nothing decoded),
+    so a request for frames too large to hold is refused before they are decoded."""
+    import av
+
+    if not os.path.isfile(path):
+        raise VideoError(f"video not found: {path}")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoError(f"no video stream in {path}")
+            context = container.streams.video[0].codec_context
+            height, width = int(context.height), int(context.width)
+    except VideoError:
+        raise
+    except Exception as exc:  # av raises InvalidDataError and others for damaged files
+        raise VideoError(f"cannot open video {path}: {_first_line(exc)}") from exc
+    if height < 1 or width < 1:
+        raise VideoError(f"video has no frame size in its header: {path}")
+    return height, width
+
+
 def fit_pixels(height: int, width: int, max_pixels: int) -> tuple[int, int]:
     """The largest ``(height, width)`` with the same aspect ratio and at most
     ``max_pixels`` pixels (unchanged when already within budget), e.g.

@@ -165,10 +165,15 @@ class SweepConfig:
             with _at(f"tasks[{i}].name"):
                 get_task(task.name)
             path = self.data_path(task, root, base)
-            if path is None or path.exists() or task.samples:
+            if path is None or (not path.exists() and task.samples):
                 continue
-            raise SweepConfigError(f"tasks[{i}].data", f"{task.data!r} is no file or folder (looked at {path}) "
-                                   "and no hub id (owner/name); set samples: N to generate a sample set there")
+            if not path.exists():
+                raise SweepConfigError(f"tasks[{i}].data", f"{task.data!r} is no file or folder (looked at {path}) "
+                                       "and no hub id (owner/name); set samples: N to generate a sample set there")
+            from pipeline.cli import data_problem
+
+            if (problem := data_problem(str(path))) is not None:
+                raise SweepConfigError(f"tasks[{i}].data", problem)
         for point in self.points():
             where = (f"grid.layers[{self.grid.layers.index(point.layer)}]" if point.layer in self.grid.layers
                      else f"grid.methods[{self.grid.methods.index(point.method)}]"
@@ -257,9 +262,12 @@ def describe() -> str:
 _RESOURCE_HELP = {
     "actors": "model replicas (infer actors)", "num_gpus": "GPUs per actor (0 on a CPU machine)",
     "cpus_per_actor": "CPUs per actor", "batch_size": "samples per model batch",
-    "decode_batch_size": "samples per decode task", "frames": "frames sampled per video",
+    "frames": "frames sampled per video",
     "max_pixels": "resize video frames to at most this many pixels", "device": "cuda or cpu (default: by GPU)",
     "dtype": "model dtype, e.g. bfloat16 (default: the checkpoint's)", "threads": "torch CPU threads per actor",
+    "sample_timeout_s": "a sample's read or decode longer than this kills its worker (retried, then an error row)",
+    "batch_timeout_s": "a model call longer than this kills its actor (retried, then error rows)",
+    "actor_start_timeout_s": "stop with an error when the actors have not started by then (0: wait)",
 }
 
 

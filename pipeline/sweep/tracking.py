@@ -10,6 +10,10 @@ Runs are found again by tags, so running the same sweep twice resumes it:
     sweep.key         on the parent: the hash of the model, task list, those inputs and
                       every point's key. The same sweep reopens its parent; a changed
                       grid gets a new parent whose summary still covers the reused points.
+    sweep.config      on the parent: the config file's name. A rerun marks the runs a
+                      killed run of it left RUNNING as KILLED (``close_stale``).
+    sweep.superseded_by  on a point's older run, now KILLED, when the point was answered
+                      again (``--retry-errors``): the run that replaces it.
 
 Only the driver talks to MLflow (``MlflowClient``, no global active run).
 """
@@ -34,6 +38,8 @@ from pruning import PruningConfig
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 POINT_KEY, SWEEP_KEY = "sweep.point_key", "sweep.key"
+SWEEP_CONFIG = "sweep.config"  # on the parent: the config file's name
+SUPERSEDED_BY = "sweep.superseded_by"  # on a point's older run: the run that answered it again
 
 
 def point_key(config: SweepConfig, point: PruningConfig) -> str:
@@ -80,6 +86,34 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, SWEEP_KEY: key})
         self.log(run.info.run_id, params=params)
         return run.info.run_id
+
+    def close_stale(self, parent_id: str, name: str) -> list[str]:
+        """Mark as KILLED what a killed run of this sweep left RUNNING: this parent's
+        children (a point killed while it was logged; the rerun logs it afresh) and other
+        parents of the sweep config ``name`` (a killed run of an earlier grid). Returns
+        their names. Two sweeps of one config file at once would close each other's parent:
+        run them under different names."""
+        running = "attributes.status = 'RUNNING'"
+        stale = list(self.client.search_runs([self.experiment_id],
+                                             f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and {running}"))
+        stale += [run for run in self.client.search_runs([self.experiment_id], f"tags.`{SWEEP_CONFIG}` = '{name}' "
+                                                                                f"and {running}")
+                  if run.info.run_id != parent_id]
+        for run in stale:
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return [run.info.run_name for run in stale]
+
+    def supersede(self, key: str, run_id: str) -> int:
+        """Mark the other FINISHED runs of point ``key`` KILLED, tagged with the run that
+        replaces them (``run_id``: the point answered again, e.g. with --retry-errors).
+        Returns how many."""
+        older = [run for run in self.client.search_runs(
+                     [self.experiment_id], f"tags.`{POINT_KEY}` = '{key}' and attributes.status = 'FINISHED'")
+                 if run.info.run_id != run_id]
+        for run in older:
+            self.client.set_tag(run.info.run_id, SUPERSEDED_BY, run_id)
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+        return len(older)
 
     def finished_points(self, keys: Iterable[str]) -> dict[str, object]:
         """``{key: Run}``: the latest FINISHED child run of each key that has one."""

@@ -76,6 +76,37 @@ class Task:
         """How many rows :meth:`rows` gives (without reading them)."""
         raise NotImplementedError
 
+    # Columns every row must hold as non-empty text, and the gold answer's form: checked
+    # by :meth:`check_row` before :meth:`sample`, so that a null, a number, undecodable
+    # bytes or an answer out of range becomes that row's error, never a silent "None"
+    # prompt or a failed run. ``answer_choices``: the allowed values of ``answer_column``
+    # (an index range or letters); None: any text.
+    required_text: tuple[str, ...] = ()
+    answer_column: Optional[str] = None
+    answer_choices: Optional[tuple] = None
+
+    def check_row(self, row: dict) -> Optional[str]:
+        """Why ``row`` cannot become a sample (a deterministic message), or None. Text
+        fields given as UTF-8 bytes are decoded in place."""
+        for name in self.required_text + ((self.answer_column,) if self.answer_column else ()):
+            value = row.get(name)
+            if isinstance(value, (bytes, bytearray)):
+                try:
+                    row[name] = value = bytes(value).decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"row: {name} is not UTF-8 text"
+            if value is None or (isinstance(value, float) and value != value):
+                return f"row: {name} is missing"
+            if name in self.required_text and (not isinstance(value, str) or not value.strip()):
+                return f"row: {name} must be non-empty text, got {type(value).__name__} {str(value)[:40]!r}"
+        if self.answer_column and self.answer_choices is not None:
+            answer = row[self.answer_column]
+            allowed = {str(c) for c in self.answer_choices}
+            if str(answer).strip() not in allowed or isinstance(answer, bool):
+                return (f"row: {self.answer_column} must be one of {', '.join(sorted(allowed))}, "
+                        f"got {str(answer)[:40]!r}")
+        return None
+
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
         """One row -> a Sample (never raises for bad media: sets ``error`` instead)."""
         raise NotImplementedError

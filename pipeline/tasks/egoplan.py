@@ -46,6 +46,9 @@ def goal_sentence(goal: str) -> str:
 
 class EgoPlan(VideoTask):
     name = "egoplan"
+    required_text = ("question", "task_goal", "choice_a", "choice_b", "choice_c", "choice_d")
+    answer_column = "golden_choice_idx"
+    answer_choices = tuple("ABCD")
     hub = (("EgoLife-v1/EgoPlan", "egoplan", "validation"), ("lmms-lab/EgoPlan", "egoplan", "validation"))
     max_new_tokens = 4096
     until = DEFAULT_UNTIL

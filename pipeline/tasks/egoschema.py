@@ -28,10 +28,17 @@ from pipeline.tasks.extract import mmmu_choice
 
 class EgoSchema(VideoTask):
     name = "egoschema"
+    required_text = ("question",)
     hub = (("lmms-lab/egoschema", "Subset", "test"),)
     max_new_tokens = 16
     until = DEFAULT_UNTIL
     videos = MediaLayout("egoschema", "videos", (".mp4", ".MP4"))
+
+    def check_row(self, row: dict) -> Optional[str]:
+        answer = row.get("answer")  # missing in the full config: sample() says so
+        if answer not in (None, "") and str(answer).strip() not in ("0", "1", "2", "3", "4"):
+            return f"row: answer must be an option index 0-4, got {str(answer)[:40]!r}"
+        return super().check_row(row)
 
     def sample(self, row: dict, *, media_root: Optional[str] = None) -> Sample:
         options = list(row.get("option") or [])

@@ -25,6 +25,7 @@ IMAGES = ("lmms-lab/GQA", "testdev_balanced_images", "testdev")
 
 class GQA(ShortAnswerTask):
     name = "gqa"
+    required_text = ("question", "answer")
     hub = (("lmms-lab/GQA", "testdev_balanced_instructions", "testdev"),)
     max_new_tokens = 16
     until = DEFAULT_UNTIL

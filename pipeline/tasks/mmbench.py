@@ -45,6 +45,7 @@ def choices(row: dict) -> dict[str, str]:
 
 class MMBench(DatasetTask):
     name = "mmbench"
+    required_text = ("question", "A", "B")
     hub = (("lmms-lab/MMBench", "en", "dev"),)
     max_new_tokens = 1024
     until = ("ASSISTANT:",)

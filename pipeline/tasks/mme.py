@@ -23,6 +23,7 @@ COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation
 
 class MME(DatasetTask):
     name = "mme"
+    required_text = ("question", "answer", "category")
     hub = (("lmms-lab/MME", None, "test"),)
     max_new_tokens = 16
     until = DEFAULT_UNTIL

@@ -30,6 +30,9 @@ FAMILIES = {"C": "causal", "T": "temporal", "D": "descriptive"}
 
 class NExTQA(VideoTask):
     name = "nextqa"
+    required_text = ("question", "a0", "a1", "a2", "a3", "a4")
+    answer_column = "answer"
+    answer_choices = tuple(range(5))
     hub = (("lmms-lab/NExTQA", "MC", "test"),)
     max_new_tokens = None
     until = DEFAULT_UNTIL

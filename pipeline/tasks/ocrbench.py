@@ -22,6 +22,7 @@ RECOGNITION = ("Regular Text Recognition", "Irregular Text Recognition", "Artist
 
 class OCRBench(DatasetTask):
     name = "ocrbench"
+    required_text = ("question",)
     hub = (("echo840/OCRBench", None, "test"),)
     max_new_tokens = 128
     until = DEFAULT_UNTIL

@@ -17,6 +17,7 @@ UNANSWERABLE = "When the provided information is insufficient, respond with 'Una
 
 class OKVQA(VQATask):
     name = "okvqa"
+    required_text = ("question",)
     hub = (("lmms-lab/OK-VQA", None, "val2014"),)
     max_new_tokens = None
     until = ("ASSISTANT:",)

@@ -21,6 +21,7 @@ from pipeline.tasks.common import DEFAULT_UNTIL, SHORT_ANSWER, DatasetTask, imag
 
 class POPE(DatasetTask):
     name = "pope"
+    required_text = ("question", "answer")
     hub = (("lmms-lab/POPE", None, "test"), ("lmms-lab/POPE", "Full", "adversarial"))
     max_new_tokens = 128
     until = DEFAULT_UNTIL

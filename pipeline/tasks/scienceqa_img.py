@@ -29,9 +29,18 @@ def sqa_letter(output: str) -> str:
 
 class ScienceQAImg(DatasetTask):
     name = "scienceqa_img"
+    required_text = ("question",)
+    answer_column = "answer"
     hub = (("lmms-lab/ScienceQA", "ScienceQA-IMG", "test"),)
     max_new_tokens = 16
     until = DEFAULT_UNTIL
+
+    def check_row(self, row):
+        problem = super().check_row(row)
+        choices = row.get("choices") or []
+        if problem is None and str(row["answer"]).strip() not in {str(i) for i in range(len(choices))}:
+            problem = f"row: answer must index one of the {len(choices)} choices, got {str(row['answer'])[:40]!r}"
+        return problem
 
     def sample(self, row, *, media_root=None):
         choices = list(row["choices"])

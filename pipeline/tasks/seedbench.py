@@ -18,6 +18,7 @@ from pipeline.tasks.common import DatasetTask, image_sample, mc_prompt, parse_le
 
 class SEEDBench(DatasetTask):
     name = "seedbench"
+    required_text = ("question", "choice_a", "choice_b", "answer")
     hub = (("lmms-lab/SEED-Bench", None, "test"),)
     max_new_tokens = None
     until = ("ASSISTANT:",)

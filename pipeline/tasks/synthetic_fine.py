@@ -55,6 +55,7 @@ def parse_number(output: str) -> Optional[str]:
 
 class SyntheticFine(Task):
     name = "synthetic_fine"
+    required_text = ("question",)
     modality = "image"  # mostly images; the "moved" rows carry a video, which the decode stage reads
     max_new_tokens = 8  # ours, not an lmms-eval task: a short answer, no stop strings
 

@@ -15,6 +15,7 @@ from pipeline.tasks.common import SHORT_ANSWER, VQATask, image_sample
 
 class TextVQA(VQATask):
     name = "textvqa"
+    required_text = ("question",)
     hub = (("lmms-lab/textvqa", None, "validation"),)
     max_new_tokens = None
     until = ("ASSISTANT:",)

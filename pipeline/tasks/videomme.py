@@ -96,6 +96,9 @@ def subtitles_at_frames(cues: list[tuple[float, float, str]], fps: float, n_fram
 
 class VideoMME(VideoTask):
     name = "videomme"
+    required_text = ("question", "videoID")
+    answer_column = "answer"
+    answer_choices = tuple("ABCD")
     hub = (("lmms-lab/Video-MME", "videomme", "test"),)
     max_new_tokens = 16
     until = DEFAULT_UNTIL

@@ -24,11 +24,14 @@ from pipeline.serve import build
 
 MAX_IMAGE_BYTES = 100_000
 MAX_FRAMES = 8
+MAX_PROMPT_TOKENS = 256
+MAX_IMAGE_PIXELS = 300 * 300
 
 
 @pytest.fixture(scope="module")
-def server():
-    """Base URL of the app, default config vlm_pruner at 0.75, on a free loopback port."""
+def server(media):
+    """Base URL of the app, default config vlm_pruner at 0.75, on a free loopback port;
+    it may read the files of the media folder."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -36,7 +39,9 @@ def server():
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build({"model": "tiny:qwen2_vl", "method": "vlm_pruner", "pruning_rate": 0.75,
                      "max_image_bytes": MAX_IMAGE_BYTES, "max_frames": MAX_FRAMES, "frames": 4,
-                     "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "default_max_tokens": 2}),
+                     "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "default_max_tokens": 2,
+                     "media_roots": str(media["root"]), "max_prompt_tokens": MAX_PROMPT_TOKENS,
+                     "max_image_pixels": MAX_IMAGE_PIXELS, "max_video_bytes": 200_000}),
               name="chat", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -56,6 +61,7 @@ def media(tmp_path_factory) -> dict:
     Image.fromarray(noise).save(root / "noise.png")  # ~200 KB: over the limit
     (root / "corrupt.png").write_bytes(GARBAGE)
     write_video(root / "clip.mp4", video_frames("blue", "right", 16))
+    (root / "secret-link.png").symlink_to("/etc/passwd")
     (root / "corrupt.mp4").write_bytes((root / "clip.mp4").read_bytes()[:300])
     return {"root": root, "png": data_url(shape_image("green", "square"))}
 
@@ -144,6 +150,16 @@ def test_video_request(server, media, part):
         == body["pruning"]["visual_tokens_before"]
 
 
+def test_video_as_a_data_url(server, media):
+    data = (media["root"] / "clip.mp4").read_bytes()
+    url = "data:video/mp4;base64," + base64.b64encode(data).decode()
+    status, body = post(server, chat({"type": "video_url", "video_url": {"url": url}, "nframes": 4}))
+    assert status == 200, body
+    _, from_file = post(server, chat({"type": "video", "video": str(media["root"] / "clip.mp4"), "nframes": 4}))
+    assert body["pruning"]["visual_tokens_before"] == from_file["pruning"]["visual_tokens_before"]
+    assert body["choices"][0]["message"]["content"] == from_file["choices"][0]["message"]["content"]
+
+
 def bad_requests(media: dict) -> dict:
     """name -> (body, expected status, words the message must contain)."""
     root = media["root"]
@@ -160,6 +176,16 @@ def bad_requests(media: dict) -> dict:
         "invalid base64": (chat(image_part("data:image/png;base64,@@@")), 400, "base64"),
         "corrupt image file": (chat(image_part(str(root / "corrupt.png"))), 400, "cannot decode"),
         "missing image file": (chat(image_part(str(root / "nope.png"))), 400, "no readable file"),
+        "/etc/passwd": (chat(image_part("/etc/passwd")), 400, "outside the server's media roots"),
+        "file:///etc/passwd": (chat(image_part("file:///etc/passwd")), 400, "outside the server's media roots"),
+        "climbing out": (chat(image_part(f"{root}/../../../../etc/passwd")), 400, "outside the server's media roots"),
+        "relative path": (chat(image_part("../../etc/passwd")), 400, "absolute"),
+        "/proc/self/environ": (chat({"type": "video", "video": "/proc/self/environ"}), 400, "outside"),
+        "link out of the root": (chat(image_part(str(root / "secret-link.png"))), 400, "outside"),
+        "image over the pixel limit": (chat(image_part(data_url(Image.new("RGB", (400, 300))))), 413,
+                                       "max_image_pixels"),
+        "prompt over the token limit": (chat(good, text="apple " * (MAX_PROMPT_TOKENS + 1)), 400,
+                                        "max_prompt_tokens"),
         "remote image": (chat(image_part("http://example.com/a.png")), 400, "fetches nothing"),
         "oversized image data": (chat(image_part(data_url(Image.open(root / "noise.png")))), 413, "bytes"),
         "oversized image file": (chat(image_part(str(root / "noise.png"))), 413, str(MAX_IMAGE_BYTES)),
@@ -176,6 +202,7 @@ def bad_requests(media: dict) -> dict:
                             {"type": "video", "video": str(root / "clip.mp4")}), 400, "one video"),
         "max_tokens too large": (chat(good, max_tokens=10**6), 400, "max_tokens"),
         "body too large": (chat(good, text="x" * 3_000_000), 413, "request body is larger"),
+        "101k-character prompt": (chat(good, text="x" * 101_000), 400, "characters"),
         "streaming": (chat(good, stream=True), 400, "stream"),
     }
 
