@@ -260,8 +260,10 @@ def load_image(url: str, limits: Limits, what: str = "image", pixels: Optional[P
     data = _media_bytes(url, limits, what, limits.max_image_bytes)
     pixels = pixels or Pixels(limits)
     try:
-        with warnings.catch_warnings(), Image.open(BytesIO(data)) as image:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel limits below decide
+            image = Image.open(BytesIO(data))
+        with image:
             width, height = image.size
             pixels.add(width * height, what, per_item=width * height)
             return image.convert("RGB")

@@ -56,10 +56,9 @@ def mmmu_choice(response: str, options: Mapping[str, str]) -> Optional[str]:
     found = [f"({c})" for c in letters if f"({c})" in text]
     found += [f"{c} " for c in letters if f"{c} " in text]
     found += [f"{c}." for c in letters if f"{c}." in text]
-    by_content = False
-    if not found and len(text.split()) > 5:
-        found = [c for c in letters if options[c].lower() in text.lower()]
-        by_content = True
+    by_content = not found
+    if by_content:
+        found = _by_option_text(text, options)
     if not found:
         return None
     if len(found) > 1:
@@ -69,6 +68,14 @@ def mmmu_choice(response: str, options: Mapping[str, str]) -> Optional[str]:
             starts = [text.rfind(c) for c in found]
         found = [found[starts.index(min(starts))]]
     return found[0].replace("(", "").replace(")", "").replace(".", "").strip()
+
+
+def _by_option_text(text: str, options: Mapping[str, str]) -> list[str]:
+    """The letters whose option text is in ``text``, when it has more than five words
+    (the last resort of EgoSchema's and NExTQA's extractors)."""
+    if len(text.split()) <= 5:
+        return []
+    return [c for c in options if options[c].lower() in text.lower()]
 
 
 def nextqa_choice(response: str, options: Mapping[str, str]) -> Optional[str]:
@@ -90,10 +97,9 @@ def nextqa_choice(response: str, options: Mapping[str, str]) -> Optional[str]:
         found = [c for c in letters if f"{c} " in text]
     if not found:
         found = [c for c in letters if f"{c}." in text]
-    by_content = False
-    if not found and len(text.split()) > 5:
-        found = [c for c in letters if options[c].lower() in text.lower()]
-        by_content = True
+    by_content = not found
+    if by_content:
+        found = _by_option_text(text, options)
     if not found:
         return None
     if len(found) > 1:
