@@ -30,7 +30,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 import pruning
 from pipeline.models import load_model
 from pruning import PruningConfig
-from pruning.methods import vlm_pruner
+from pruning.config import NO_PRUNING
+from pruning.methods import get_method
 
 VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
 # New tokens when a request names no budget: what lmms-eval 0.7.3's wrapper of each family
@@ -106,8 +107,8 @@ class Generator:
     def use(self, config: PruningConfig) -> pruning.PruningHandle:
         """Install ``config`` (validated against this model before any work)."""
         config.check_against(self.model.config)
-        if config.method == "vlm_pruner":
-            vlm_pruner.warm_up(str(self.device))  # compiled kernels, once per process, before timing
+        if config.method != NO_PRUNING and (warm_up := get_method(config.method).warm_up) is not None:
+            warm_up(str(self.device))  # compiled kernels, once per process, before timing
         if self._handle is not None and (config.layer or 0) == self._handle.layer:
             self._handle.config = config
         else:

@@ -214,18 +214,24 @@ class PruningHandle:
 
     def _capture_signals(self, module, args, kwargs):
         pending = self._pending
-        if pending is None or self._config.method == NO_PRUNING or \
-                not _NEEDS_KEYS & set(get_method(self._config.method).signals):
+        wanted = self._signals()
+        if pending is None or not _FROM_LAYER_BEFORE & wanted:
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D) normed
         tables = seams.rotary_tables(kwargs, hidden.shape[1], f"the attention of layer {self.layer - 1}")
-        fastv = self._config.method == "fastv"  # only FastV reads queries
-        q, k = rotary_query_key(module, hidden, tables, queries=fastv)
+        queries = "attention" in wanted  # only the attention row needs queries
+        q, k = rotary_query_key(module, hidden, tables, queries=queries)
         b, _, s, d = k.shape
         pending["keys"] = k.transpose(1, 2).reshape(b, s, -1)  # (B, S, kv_heads * d)
-        if fastv:
+        if queries:
             pending["attention"] = last_token_attention(q, k, pending["mask"].to(q.device), module.scaling)
         return None
+
+    def _signals(self) -> set[str]:
+        """The signals the configured method reads (none unpruned)."""
+        if self._config.method == NO_PRUNING:
+            return set()
+        return set(get_method(self._config.method).signals)
 
     # -- layer K: prune ---------------------------------------------------------------
 
@@ -256,7 +262,7 @@ class PruningHandle:
         pending = self._pending = _to_device(pending, device)
         batch, seq_len = hidden.shape[:2]
         stats = CallStats(seq_len=seq_len)
-        normed = self.text.norm(hidden).to(device) if config.method == "dart" else None
+        normed = self.text.norm(hidden).to(device) if _NORMED & self._signals() else None
         keep_rows, new_states = [], []
         for b in range(batch):
             keep = torch.ones(seq_len, dtype=torch.bool, device=hidden.device)
@@ -318,33 +324,35 @@ class PruningHandle:
         return args, kwargs
 
     def _select(self, b: int, span: Span, hidden, normed, visual, pending):
-        """Run the configured method on one span; returns (kept local indices, fused states)."""
+        """Run the configured method on one span; returns (kept local indices, fused states).
+
+        The method's declared signals are its arguments (``pruning.methods.registry``):
+        each is computed here, for this span only, when the method asks for it."""
         config = self._config
         pos = span.positions
         if config.method == NO_PRUNING:
             return torch.arange(span.num_tokens, device=pos.device), None
         spec = get_method(config.method)
-        params = config.method_params()
-        r = config.num_retain_for(span.num_tokens)
-        name = config.method
-        if name == "vlm_pruner":
-            sel = spec.select(hidden[b, pos], pending["keys"][b, pos], span.grid, r, **params)
-        elif name == "fastv":
-            sel = spec.select(pending["attention"][b][:, pos], r)
-        elif name == "dart":
+
+        @functools.cache
+        def text_after() -> torch.Tensor:  # the prompt's text tokens after the span
             after = torch.arange(int(pos.max()) + 1, hidden.shape[1], device=hidden.device)
-            after = after[~visual[after] & (pending["mask"][b, after] > 0)]
-            sel = spec.select(pending["keys"][b, pos], normed[b, pos], r,
-                              text_key_states=pending["keys"][b, after],
-                              text_hidden_states=normed[b, after], **params)
-        elif name == "divprune":
-            sel = spec.select(hidden[b, pos], r)
-        elif name == "random":
-            sel = spec.select(span.num_tokens, r, device=hidden.device, **params)
-        elif name == "uniform":
-            sel = spec.select(span.grid, r, device=hidden.device)
-        else:
-            raise ValueError(f"method: no model wiring for {name!r}")
+            return after[~visual[after] & (pending["mask"][b, after] > 0)]
+
+        provide = {
+            "hidden_states": lambda: hidden[b, pos],
+            "embeddings": lambda: hidden[b, pos],
+            "normed_hidden_states": lambda: normed[b, pos],
+            "key_states": lambda: pending["keys"][b, pos],
+            "attention": lambda: pending["attention"][b][:, pos],
+            "text_key_states": lambda: pending["keys"][b, text_after()],
+            "text_normed_hidden_states": lambda: normed[b, text_after()],
+            "grid": lambda: span.grid,
+            "num_tokens": lambda: span.num_tokens,
+            "device": lambda: hidden.device,
+        }
+        signals = {name: provide[name]() for name in spec.signals}
+        sel = spec.select(**signals, num_retain=config.num_retain_for(span.num_tokens), **config.method_params())
         return sel.keep.to(pos.device), sel.hidden_states
 
     def _causal_mask(self, hidden, mask_2d, cache):
@@ -359,8 +367,9 @@ class PruningHandle:
         return args, kwargs
 
 
-# Signals computed from layer K-1's rotary keys/queries.
-_NEEDS_KEYS = {"key_states", "attention"}
+# Signals computed from layer K-1's rotary keys (and queries), and from the final norm.
+_FROM_LAYER_BEFORE = {"key_states", "attention", "text_key_states"}
+_NORMED = {"normed_hidden_states", "text_normed_hidden_states"}
 
 
 def apply(model: nn.Module, config: PruningConfig) -> PruningHandle:

@@ -30,18 +30,18 @@ PARAMS = {
 
 @register("dart", signals=("key_states", "normed_hidden_states", "text_key_states",
                            "text_normed_hidden_states"), default_layer=2, min_layer=1, params=PARAMS)
-def select(key_states: torch.Tensor, hidden_states: torch.Tensor, num_retain: int, *,
+def select(key_states: torch.Tensor, normed_hidden_states: torch.Tensor, num_retain: int, *,
            text_key_states: torch.Tensor | None = None,
-           text_hidden_states: torch.Tensor | None = None,
+           text_normed_hidden_states: torch.Tensor | None = None,
            num_visual_pivots: int = 4, num_text_pivots: int = 4) -> Selection:
     """Keep ``min(R, N)`` tokens: the visual pivots plus the tokens the pivots claim.
 
     Args:
         key_states: (N, Dk) layer K-1 keys of the span's visual tokens.
-        hidden_states: (N, D) the span's layer K-1 outputs after the final norm.
+        normed_hidden_states: (N, D) the span's layer K-1 outputs after the final norm.
         num_retain: R.
         text_key_states: (M, Dk) keys of the text tokens after the span (M may be 0).
-        text_hidden_states: (M, D) their states after the final norm.
+        text_normed_hidden_states: (M, D) their states after the final norm.
         num_visual_pivots, num_text_pivots: 4 and 4 in the paper.
     Returns:
         Selection with ``keep`` ascending.
@@ -51,7 +51,8 @@ def select(key_states: torch.Tensor, hidden_states: torch.Tensor, num_retain: in
     """
     checks.matrix("key_states", key_states)
     n = key_states.shape[0]
-    checks.matrix("hidden_states", hidden_states, rows=n)
+    hidden_states, text_hidden_states = normed_hidden_states, text_normed_hidden_states
+    checks.matrix("normed_hidden_states", hidden_states, rows=n)
     checks.positive_int("num_retain", num_retain)
     checks.positive_int("num_visual_pivots", num_visual_pivots)
     checks.positive_int("num_text_pivots", num_text_pivots)
@@ -61,7 +62,7 @@ def select(key_states: torch.Tensor, hidden_states: torch.Tensor, num_retain: in
         text_hidden_states = hidden_states.new_zeros(0, hidden_states.shape[1])
     else:
         checks.matrix("text_key_states", text_key_states)
-        checks.matrix("text_hidden_states", text_hidden_states, rows=text_key_states.shape[0])
+        checks.matrix("text_normed_hidden_states", text_hidden_states, rows=text_key_states.shape[0])
     count = min(num_retain, n)
     if count == n:
         return Selection(torch.arange(n, device=device))

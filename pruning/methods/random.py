@@ -10,7 +10,7 @@ from pruning.methods.registry import Param, Selection, register
 PARAMS = {"seed": Param(int, 0, "seed of the generator that draws the kept tokens", low=0)}
 
 
-@register("random", signals=("num_tokens",), default_layer=0, params=PARAMS)
+@register("random", signals=("num_tokens", "device"), default_layer=0, params=PARAMS)
 def select(num_tokens: int, num_retain: int, *, seed: int = 0,
            device: torch.device | str = "cpu") -> Selection:
     """Keep ``min(R, N)`` tokens chosen at random; the same seed gives the same tokens.

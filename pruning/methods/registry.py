@@ -3,15 +3,39 @@
 A method is a pure function from tensors to a :class:`Selection`; it knows nothing of
 models, configs or I/O. Each lives in its own module and registers itself here with
 :func:`register`, which refuses a name that is already taken.
+
+A method's ``signals`` are its argument contract: the engine (``pruning.engine``) calls
+``select(**{signal: value for signal in signals}, num_retain=R, **params)`` per visual
+span, computing only the signals some method asks for. So adding a method is one new
+module; no method name appears in the engine or the pipeline. The signals the engine
+provides are :data:`SIGNALS`; ``register`` refuses a signal outside it, or one that
+``select`` does not take by that name.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional, Union
 
 import torch
+
+
+# What the engine gives a method, per span of N visual tokens in a sequence of S tokens,
+# at the pruning layer K (for K = 0: the embeddings after the projector).
+SIGNALS = {
+    "hidden_states": "(N, D) the span's hidden states entering layer K",
+    "embeddings": "(N, D) the same states, named as embedding-space methods read them",
+    "normed_hidden_states": "(N, D) those states after the model's final norm",
+    "key_states": "(N, kv_heads * d) the span's rotary keys of layer K-1 (K >= 1)",
+    "attention": "(heads, N) the last prompt token's attention to the span in layer K-1 (K >= 1)",
+    "text_key_states": "(M, kv_heads * d) rotary keys of layer K-1 of the text tokens after the span",
+    "text_normed_hidden_states": "(M, D) final-normed states of those text tokens",
+    "grid": "(T, H, W) the span's token grid (frames, rows, columns)",
+    "num_tokens": "N",
+    "device": "the device the span's states are on",
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +87,8 @@ class MethodSpec:
     default_layer:  decoder layer to prune before (0 = on the visual embeddings).
     min_layer:      the smallest layer the method can run at.
     params:         the method's configurable keyword parameters by name (read-only).
+    warm_up:        called with the device name before the method's first timed use in a
+                    process (compiled kernels), or None.
     """
 
     name: str
@@ -71,23 +97,35 @@ class MethodSpec:
     default_layer: int
     min_layer: int
     params: Mapping[str, Param] = field(default_factory=lambda: MappingProxyType({}))
+    warm_up: Optional[Callable[[str], None]] = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(name: str, *, signals: tuple[str, ...], default_layer: int, min_layer: int = 0,
-             params: Optional[Mapping[str, Param]] = None):
+             params: Optional[Mapping[str, Param]] = None, warm_up: Optional[Callable[[str], None]] = None):
     """Decorator: register ``select`` under ``name``; a duplicate name is an error.
 
+    ``signals`` name ``select``'s arguments the engine fills (from :data:`SIGNALS`);
     ``params`` describes the keyword parameters a config may set (the module's ``PARAMS``).
     """
 
     def wrap(select: Callable[..., Selection]) -> Callable[..., Selection]:
         if name in _REGISTRY:
             raise ValueError(f"pruning method {name!r} is already registered")
+        takes = inspect.signature(select).parameters
+        for signal in signals:
+            if signal not in SIGNALS:
+                raise ValueError(f"pruning method {name!r}: unknown signal {signal!r}; the engine provides "
+                                 f"{', '.join(SIGNALS)}")
+            if signal not in takes:
+                raise ValueError(f"pruning method {name!r}: select takes no argument {signal!r} for its signal")
+        for needed in ("num_retain", *(params or {})):
+            if needed not in takes:
+                raise ValueError(f"pruning method {name!r}: select takes no argument {needed!r}")
         _REGISTRY[name] = MethodSpec(name, select, tuple(signals), default_layer, min_layer,
-                                     MappingProxyType(dict(params or {})))
+                                     MappingProxyType(dict(params or {})), warm_up)
         return select
 
     return wrap

@@ -14,7 +14,7 @@ from pruning.methods.registry import Selection, register
 PARAMS: dict = {}
 
 
-@register("uniform", signals=("grid",), default_layer=0, params=PARAMS)
+@register("uniform", signals=("grid", "device"), default_layer=0, params=PARAMS)
 def select(grid: tuple[int, int, int], num_retain: int, *,
            device: torch.device | str = "cpu") -> Selection:
     """Keep ``min(R, N)`` tokens spread evenly over each frame.

@@ -57,12 +57,25 @@ PARAMS = {
 }
 
 
+@functools.cache
+def warm_up(device: str = "cpu") -> None:
+    """Run ``select`` once per process and device on a tiny span, so that its kernels are
+    ready before the first timed selection: on the CPU the numba kernels are compiled
+    (first run in an environment, ~16 s) or loaded from numba's disk cache (~0.5 s); on
+    CUDA the Triton window kernel for the default token_batch is compiled or loaded from
+    Triton's cache (other batch sizes compile on their first use)."""
+    g = torch.Generator().manual_seed(0)
+    select(torch.randn(16, 8, generator=g).to(device), torch.randn(16, 4, generator=g).to(device),
+           (1, 4, 4), 4)
+
+
 @register(
     "vlm_pruner",
     signals=("hidden_states", "key_states", "grid"),
     default_layer=2,
     min_layer=1,
     params=PARAMS,
+    warm_up=warm_up,
 )
 def select(
     hidden_states: torch.Tensor,
@@ -112,18 +125,6 @@ def select_torch(hidden_states: torch.Tensor, key_states: torch.Tensor, grid: tu
     return _checked(hidden_states, key_states, grid, num_retain, num_pivots, top_channels,
                     threshold, spatial_lambda, token_batch, merge_weight, temporal_scale,
                     torch_only=True)
-
-
-@functools.cache
-def warm_up(device: str = "cpu") -> None:
-    """Run ``select`` once per process and device on a tiny span, so that its kernels are
-    ready before the first timed selection: on the CPU the numba kernels are compiled
-    (first run in an environment, ~16 s) or loaded from numba's disk cache (~0.5 s); on
-    CUDA the Triton window kernel for the default token_batch is compiled or loaded from
-    Triton's cache (other batch sizes compile on their first use)."""
-    g = torch.Generator().manual_seed(0)
-    select(torch.randn(16, 8, generator=g).to(device), torch.randn(16, 4, generator=g).to(device),
-           (1, 4, 4), 4)
 
 
 def _checked(hidden_states, key_states, grid, num_retain, *params, torch_only=False) -> Selection:

@@ -97,7 +97,7 @@ def test_dart_worked_example():
     text_deg = torch.tensor([40.0, 85]).deg2rad()
     text_hidden = torch.stack([text_deg.cos(), text_deg.sin()], 1)
     text_keys = torch.tensor([[0.1, 0.1, 0.1], [0.5, 0.5, 0.5]])
-    sel = dart.select(keys, hidden, 4, text_key_states=text_keys, text_hidden_states=text_hidden,
+    sel = dart.select(keys, hidden, 4, text_key_states=text_keys, text_normed_hidden_states=text_hidden,
                       num_visual_pivots=1, num_text_pivots=1)
     assert sel.keep.tolist() == [0, 3, 4, 5]
 
@@ -108,7 +108,7 @@ def test_dart_keeps_exactly_r_with_visual_pivots(r, text):
     g = torch.Generator().manual_seed(r + text)
     keys, hidden = torch.randn(100, 8, generator=g), torch.randn(100, 16, generator=g)
     text_keys, text_hidden = torch.randn(text, 8, generator=g), torch.randn(text, 16, generator=g)
-    sel = dart.select(keys, hidden, r, text_key_states=text_keys, text_hidden_states=text_hidden)
+    sel = dart.select(keys, hidden, r, text_key_states=text_keys, text_normed_hidden_states=text_hidden)
     assert sel.keep.numel() == r and sel.keep.unique().numel() == r
     top = torch.sort(keys.abs().sum(1), descending=True).indices[: min(4, r)]
     assert set(top.tolist()) <= set(sel.keep.tolist())
