@@ -285,11 +285,7 @@ def load_video(url: str, count: int, limits: Limits, pixels: Optional[Pixels] = 
             file.write(data)
             file.flush()
             return _read_video(file.name, count, limits, pixels)
-    path = local_path(url, limits, "video")
-    size = path.stat().st_size
-    if size > limits.max_video_bytes:
-        raise BadRequest(f"video ({url:.120}) is {size} bytes, more than the limit of {limits.max_video_bytes}",
-                         status=413, param="messages")
+    path = _allowed_file(url, limits, "video", limits.max_video_bytes)
     return _read_video(str(path), count, limits, pixels)
 
 
@@ -319,16 +315,21 @@ def _media_bytes(url: str, limits: Limits, what: str, max_bytes: int) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise BadRequest(f"{what}: invalid base64 in the data URL ({exc})", param="messages") from exc
     else:
-        path = local_path(url, limits, what)
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise BadRequest(f"{what} ({url:.120}) is {size} bytes, more than the limit of {max_bytes}",
-                             status=413, param="messages")
-        data = path.read_bytes()
+        data = _allowed_file(url, limits, what, max_bytes).read_bytes()
     if len(data) > max_bytes:
         raise BadRequest(f"{what} is {len(data)} bytes, more than the limit of {max_bytes}", status=413,
                          param="messages")
     return data
+
+
+def _allowed_file(url: str, limits: Limits, what: str, max_bytes: int) -> Path:
+    """:func:`local_path`, refused (413) when the file is larger than ``max_bytes``."""
+    path = local_path(url, limits, what)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise BadRequest(f"{what} ({url:.120}) is {size} bytes, more than the limit of {max_bytes}", status=413,
+                         param="messages")
+    return path
 
 
 def local_path(url: str, limits: Limits, what: str) -> Path:

@@ -244,11 +244,11 @@ class InferStage:
         try:
             answers = self.generator.run_prepared([row["prepared"] for row in rows], config)
         except Exception:
+            problem = error_text(traceback.format_exc(limit=2).strip().splitlines()[-1])
             if len(rows) == 1:
-                rows[0]["error"] = MODEL_ERROR + error_text(traceback.format_exc(limit=2).strip().splitlines()[-1])
+                rows[0]["error"] = MODEL_ERROR + problem
                 return
-            log.warning("batch of %d failed (%s); retrying its samples one by one", len(rows),
-                        error_text(traceback.format_exc(limit=2).strip().splitlines()[-1]))
+            log.warning("batch of %d failed (%s); retrying its samples one by one", len(rows), problem)
             for row in rows:
                 self._answer([row], config)
             return

@@ -5,6 +5,7 @@ the local cluster lacks (exit 1 with the reason, not a wait forever)."""
 
 from __future__ import annotations
 
+import pytest
 import ray
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -15,8 +16,12 @@ from pipeline.sweep.tracking import POINT_KEY, SUPERSEDED_BY, Tracker
 from tests.jobs.test_sweep_config import sweep_main
 
 
-def test_a_rerun_closes_what_a_killed_run_left_running(tmp_path):
-    tracker = Tracker(TrackingSpec(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="e"))
+@pytest.fixture
+def tracker(tmp_path) -> Tracker:
+    return Tracker(TrackingSpec(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="e"))
+
+
+def test_a_rerun_closes_what_a_killed_run_left_running(tracker):
     parent = tracker.open_parent("key-1", "demo", {}, {"sweep.config": "demo"})
     finished = tracker.start_child(parent, "none", "p0", {})
     tracker.end(finished)
@@ -32,8 +37,7 @@ def test_a_rerun_closes_what_a_killed_run_left_running(tmp_path):
     assert tracker.close_stale(parent, "demo") == []
 
 
-def test_a_point_answered_again_supersedes_its_older_run(tmp_path):
-    tracker = Tracker(TrackingSpec(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="e"))
+def test_a_point_answered_again_supersedes_its_older_run(tracker):
     parent = tracker.open_parent("key-1", "demo", {}, {"sweep.config": "demo"})
     first = tracker.start_child(parent, "fastv 0.5", "p1", {})
     tracker.end(first)
