@@ -219,12 +219,14 @@ class PruningHandle:
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D) normed
         tables = seams.rotary_tables(kwargs, hidden.shape[1], f"the attention of layer {self.layer - 1}")
-        queries = "attention" in wanted  # only the attention row needs queries
+        queries = bool(_NEED_QUERIES & wanted)  # only attention rows need queries
         q, k = rotary_query_key(module, hidden, tables, queries=queries)
         b, _, s, d = k.shape
         pending["keys"] = k.transpose(1, 2).reshape(b, s, -1)  # (B, S, kv_heads * d)
-        if queries:
+        if "attention" in wanted:
             pending["attention"] = last_token_attention(q, k, pending["mask"].to(q.device), module.scaling)
+        if "text_attention" in wanted:
+            pending["qk"] = (q, k, module.scaling)
         return None
 
     def _signals(self) -> set[str]:
@@ -347,6 +349,9 @@ class PruningHandle:
             "attention": lambda: pending["attention"][b][:, pos],
             "text_key_states": lambda: pending["keys"][b, text_after()],
             "text_normed_hidden_states": lambda: normed[b, text_after()],
+            "text_hidden_states": lambda: hidden[b, text_after()],
+            "text_attention": lambda: rows_attention(*pending["qk"], pending["mask"][b], b, text_after())[:, :, pos],
+            "token_index": lambda: torch.arange(span.num_tokens, device=pos.device),
             "grid": lambda: span.grid,
             "num_tokens": lambda: span.num_tokens,
             "device": lambda: hidden.device,
@@ -368,8 +373,9 @@ class PruningHandle:
 
 
 # Signals computed from layer K-1's rotary keys (and queries), and from the final norm.
-_FROM_LAYER_BEFORE = {"key_states", "attention", "text_key_states"}
+_FROM_LAYER_BEFORE = {"key_states", "attention", "text_key_states", "text_attention"}
 _NORMED = {"normed_hidden_states", "text_normed_hidden_states"}
+_NEED_QUERIES = {"attention", "text_attention"}
 
 
 def apply(model: nn.Module, config: PruningConfig) -> PruningHandle:
@@ -419,6 +425,19 @@ def last_token_attention(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, s
     valid = (mask > 0) & (torch.arange(s, device=mask.device)[None] <= last[:, None])
     logits = logits.masked_fill(~valid[:, None, :], -math.inf)
     return torch.softmax(logits, dim=-1)
+
+
+def rows_attention(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tensor, b: int,
+                   rows: torch.Tensor) -> torch.Tensor:
+    """(H, M, S) causal attention of sample ``b``'s query positions ``rows`` (M,) over its
+    sequence. q: (B, H, S, d); k: (B, Hkv, S, d); mask: (S,) 1 for real tokens."""
+    h, s = q.shape[1], q.shape[2]
+    query = q[b][:, rows].float()  # (H, M, d)
+    keys = k[b].repeat_interleave(h // k.shape[1], dim=0).float()  # (H, S, d)
+    logits = torch.einsum("hmd,hsd->hms", query, keys) * scaling
+    columns = torch.arange(s, device=q.device)
+    valid = (mask[None, :] > 0) & (columns[None, :] <= rows[:, None])  # (M, S)
+    return torch.softmax(logits.masked_fill(~valid[None], -math.inf), dim=-1)
 
 
 def _to_device(pending: dict, device: torch.device) -> dict:

@@ -32,6 +32,13 @@ SIGNALS = {
     "attention": "(heads, N) the last prompt token's attention to the span in layer K-1 (K >= 1)",
     "text_key_states": "(M, kv_heads * d) rotary keys of layer K-1 of the text tokens after the span",
     "text_normed_hidden_states": "(M, D) final-normed states of those text tokens",
+    "text_hidden_states": "(M, D) states entering layer K of those text tokens (K = 0: their input embeddings)",
+    "text_attention": "(heads, M, N) attention of each of those text tokens to the span in layer K-1 (K >= 1)",
+    "vision_attention": "(N,) attention each of the span's tokens receives in the vision encoder "
+                        "(pruning.vision: CLS row, or mean over queries, of the family's chosen layer)",
+    "vision_keys": "(N, Dk) the span's keys in that vision encoder layer (heads concatenated)",
+    "token_index": "(N,) each token's raster index in the span's original grid (arange(N) at the first "
+                   "stage; the survivors' indices at later stages of progressive pruning)",
     "grid": "(T, H, W) the span's token grid (frames, rows, columns)",
     "num_tokens": "N",
     "device": "the device the span's states are on",

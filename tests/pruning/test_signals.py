@@ -69,9 +69,9 @@ def test_a_new_method_needs_no_engine_change(tiny, family, norm_topk):
 
 
 def test_registration_checks_the_signals_against_select():
-    with pytest.raises(ValueError, match="unknown signal 'vision_attention'"):
-        register("test_bad_signal", signals=("vision_attention",), default_layer=0)(
-            lambda vision_attention, num_retain: None)
+    with pytest.raises(ValueError, match="unknown signal 'optical_flow'"):
+        register("test_bad_signal", signals=("optical_flow",), default_layer=0)(
+            lambda optical_flow, num_retain: None)
     with pytest.raises(ValueError, match="select takes no argument 'grid'"):
         register("test_bad_argument", signals=("grid",), default_layer=0)(lambda size, num_retain: None)
     assert "test_bad_signal" not in list_methods() and "test_bad_argument" not in list_methods()
