@@ -96,6 +96,8 @@ class MethodSpec:
     params:         the method's configurable keyword parameters by name (read-only).
     warm_up:        called with the device name before the method's first timed use in a
                     process (compiled kernels), or None.
+    default_stages: the layers a progressive method prunes before when a config names
+                    neither ``layer`` nor ``stages`` (None: one stage at default_layer).
     """
 
     name: str
@@ -105,13 +107,15 @@ class MethodSpec:
     min_layer: int
     params: Mapping[str, Param] = field(default_factory=lambda: MappingProxyType({}))
     warm_up: Optional[Callable[[str], None]] = None
+    default_stages: Optional[tuple[int, ...]] = None
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(name: str, *, signals: tuple[str, ...], default_layer: int, min_layer: int = 0,
-             params: Optional[Mapping[str, Param]] = None, warm_up: Optional[Callable[[str], None]] = None):
+             params: Optional[Mapping[str, Param]] = None, warm_up: Optional[Callable[[str], None]] = None,
+             default_stages: Optional[tuple[int, ...]] = None):
     """Decorator: register ``select`` under ``name``; a duplicate name is an error.
 
     ``signals`` name ``select``'s arguments the engine fills (from :data:`SIGNALS`);
@@ -132,7 +136,8 @@ def register(name: str, *, signals: tuple[str, ...], default_layer: int, min_lay
             if needed not in takes:
                 raise ValueError(f"pruning method {name!r}: select takes no argument {needed!r}")
         _REGISTRY[name] = MethodSpec(name, select, tuple(signals), default_layer, min_layer,
-                                     MappingProxyType(dict(params or {})), warm_up)
+                                     MappingProxyType(dict(params or {})), warm_up,
+                                     tuple(default_stages) if default_stages else None)
         return select
 
     return wrap

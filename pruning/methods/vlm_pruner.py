@@ -54,6 +54,8 @@ PARAMS = {
     "merge_weight": Param(float, 0.3, "beta, weight a retained token keeps in the SWA fusion",
                           low=0, high=1),
     "temporal_scale": Param(float, 1.0, "length of one frame step in token steps (video)", low=0),
+    "adaptive_lambda": Param(float, 0.0, "0 = the fixed spatial_lambda; > 0: lambda = adaptive_lambda x the "
+                             "span's redundancy (mean screened cosine similarity, floored at 0)", low=0),
 }
 
 
@@ -71,9 +73,9 @@ def warm_up(device: str = "cpu") -> None:
 
 @register(
     "vlm_pruner",
-    signals=("hidden_states", "key_states", "grid"),
+    signals=("hidden_states", "key_states", "grid", "token_index"),
     default_layer=2,
-    min_layer=1,
+    min_layer=0,
     params=PARAMS,
     warm_up=warm_up,
 )
@@ -90,6 +92,8 @@ def select(
     token_batch: int = 16,
     merge_weight: float = 0.3,
     temporal_scale: float = 1.0,
+    adaptive_lambda: float = 0.0,
+    token_index: torch.Tensor | None = None,
 ) -> Selection:
     """Select ``num_retain`` tokens of one visual span and fuse the rest into them.
 
@@ -105,6 +109,12 @@ def select(
         token_batch: B, candidates accepted in parallel per batch (1 = sequential greedy).
         merge_weight: beta, weight a retained token keeps in the SWA fusion.
         temporal_scale: length of one frame step in token steps (video distance).
+        adaptive_lambda: 0 keeps ``spatial_lambda``; > 0 replaces it with
+            ``adaptive_lambda * max(0, rho)``, rho the span's mean pairwise cosine similarity
+            on the screened channels (an open question of the paper; our rule: redundant
+            spans get more spatial buffering, so their budget spreads wider).
+        token_index: (N,) the tokens' raster indices in ``grid`` (default arange(N), then
+            T * H * W == N); later stages of progressive pruning pass the survivors'.
 
     Returns:
         Selection with ``keep`` (R,) ascending and ``hidden_states`` (R, D) after SWA.
@@ -113,38 +123,63 @@ def select(
     grid (1, 24, 24), num_retain 64 -> keep holds 64 ascending indices in [0, 576).
     """
     return _checked(hidden_states, key_states, grid, num_retain, num_pivots, top_channels,
-                    threshold, spatial_lambda, token_batch, merge_weight, temporal_scale)
+                    threshold, spatial_lambda, token_batch, merge_weight, temporal_scale,
+                    adaptive_lambda, token_index)
 
 
 def select_torch(hidden_states: torch.Tensor, key_states: torch.Tensor, grid: tuple[int, int, int],
                  num_retain: int, *, num_pivots: int = 4, top_channels: int = 256,
                  threshold: float = 0.8, spatial_lambda: float = 0.5, token_batch: int = 16,
-                 merge_weight: float = 0.3, temporal_scale: float = 1.0) -> Selection:
+                 merge_weight: float = 0.3, temporal_scale: float = 1.0, adaptive_lambda: float = 0.0,
+                 token_index: torch.Tensor | None = None) -> Selection:
     """``select`` on the torch path whatever the device: what CUDA runs, here for tests
     and benchmarks on the CPU."""
     return _checked(hidden_states, key_states, grid, num_retain, num_pivots, top_channels,
                     threshold, spatial_lambda, token_batch, merge_weight, temporal_scale,
-                    torch_only=True)
+                    adaptive_lambda, token_index, torch_only=True)
 
 
-def _checked(hidden_states, key_states, grid, num_retain, *params, torch_only=False) -> Selection:
+def _checked(hidden_states, key_states, grid, num_retain, num_pivots, top_channels, threshold,
+             spatial_lambda, token_batch, merge_weight, temporal_scale, adaptive_lambda, token_index,
+             torch_only=False) -> Selection:
     """Check the arguments, keep everything when R >= N, else run the CPU or torch path."""
-    n, grid = _check(hidden_states, key_states, grid, num_retain, *params)
+    n, grid = _check(hidden_states, key_states, grid, num_retain, num_pivots, top_channels, threshold,
+                     spatial_lambda, token_batch, merge_weight, temporal_scale, token_index)
+    checks.non_negative("adaptive_lambda", adaptive_lambda)
     if num_retain >= n:
         return Selection(torch.arange(n, device=hidden_states.device), hidden_states)
+    pos, nf = token_positions(grid, temporal_scale)  # (T*H*W, 3), scalar
+    if token_index is not None:
+        pos = pos[token_index.cpu().numpy()]  # (N, 3) the survivors' cells
     on_cpu = hidden_states.device.type == "cpu" and not torch_only
     implementation = _select_cpu if on_cpu else _select_torch
-    return implementation(hidden_states, key_states, grid, num_retain, *params)
+    return implementation(hidden_states, key_states, pos, nf, num_retain, num_pivots, top_channels, threshold,
+                          spatial_lambda, adaptive_lambda, token_batch, merge_weight)
 
 
-def _select_cpu(hidden_states, key_states, grid, num_retain, num_pivots, top_channels, threshold,
-                spatial_lambda, token_batch, merge_weight, temporal_scale) -> Selection:
+def span_redundancy(unit: torch.Tensor) -> float:
+    """Mean cosine similarity over the span's distinct token pairs, from (N, q') unit rows:
+    ``(|sum_i u_i|^2 - sum_i |u_i|^2) / (N (N - 1))``, O(N q') without the N x N matrix."""
+    n = unit.shape[0]
+    total = unit.sum(dim=0)
+    return float((total @ total - unit.square().sum()) / max(n * (n - 1), 1))
+
+
+def _lambda(spatial_lambda: float, adaptive_lambda: float, unit) -> float:
+    """The span's lambda: fixed, or adaptive_lambda x its redundancy (floored at 0)."""
+    if adaptive_lambda == 0:
+        return spatial_lambda
+    return adaptive_lambda * max(0.0, span_redundancy(torch.as_tensor(unit)))
+
+
+def _select_cpu(hidden_states, key_states, pos, nf, num_retain, num_pivots, top_channels, threshold,
+                spatial_lambda, adaptive_lambda, token_batch, merge_weight) -> Selection:
     """The compiled CPU path (``vlm_pruner_cpu``)."""
     h = hidden_states.detach().float().contiguous().numpy()  # (N, D), no copy for float32
     k = key_states.detach().float().contiguous().numpy()  # (N, Dk)
     pivots = vlm_pruner_cpu.pivot_tokens(k, min(num_pivots, num_retain))
     unit = vlm_pruner_cpu.screened_unit_vectors(h, top_channels)  # (N, q')
-    pos, nf = token_positions(grid, temporal_scale)  # (N, 3), scalar
+    spatial_lambda = _lambda(spatial_lambda, adaptive_lambda, unit)
     order, sim_cols = vlm_pruner_cpu.centrifugal_selection(
         unit, pos, nf, pivots, num_retain, threshold, spatial_lambda, token_batch, TAU_STEP)
     keep, fused = vlm_pruner_cpu.similarity_weighted_aggregation(h, order, sim_cols, merge_weight,
@@ -152,13 +187,13 @@ def _select_cpu(hidden_states, key_states, grid, num_retain, num_pivots, top_cha
     return Selection(torch.from_numpy(keep), torch.from_numpy(fused).to(hidden_states.dtype))
 
 
-def _select_torch(hidden_states, key_states, grid, num_retain, num_pivots, top_channels, threshold,
-                  spatial_lambda, token_batch, merge_weight, temporal_scale) -> Selection:
+def _select_torch(hidden_states, key_states, pos, nf, num_retain, num_pivots, top_channels, threshold,
+                  spatial_lambda, adaptive_lambda, token_batch, merge_weight) -> Selection:
     """The torch path: every step stays on the tensors' device."""
     h = hidden_states.float()  # (N, D)
     pivots = pivot_tokens(key_states.float(), min(num_pivots, num_retain))
     unit = screened_unit_vectors(h, top_channels)  # (N, q')
-    pos, nf = token_positions(grid, temporal_scale)  # (N, 3), scalar
+    spatial_lambda = _lambda(spatial_lambda, adaptive_lambda, unit)
     pos = torch.tensor(pos, device=h.device)
     order = centrifugal_selection(unit, pos, nf, pivots, num_retain,
                                   threshold, spatial_lambda, token_batch)
@@ -397,13 +432,21 @@ def similarity_weighted_aggregation(hidden: torch.Tensor, unit: torch.Tensor, or
 
 
 def _check(hidden_states, key_states, grid, num_retain, num_pivots, top_channels, threshold,
-           spatial_lambda, token_batch, merge_weight, temporal_scale) -> tuple[int, tuple]:
+           spatial_lambda, token_batch, merge_weight, temporal_scale, token_index) -> tuple[int, tuple]:
     # NaN/inf are caught on the reductions of stages 1 and 2, not by a full scan here.
     checks.matrix("hidden_states", hidden_states, check_finite=False)
     n = hidden_states.shape[0]
     checks.matrix("key_states", key_states, rows=n, check_finite=False)
     checks.same_device("key_states", key_states, hidden_states.device)
-    grid = checks.grid("grid", grid, n)
+    if token_index is None:
+        grid = checks.grid("grid", grid, n)
+    else:
+        grid = checks.grid_shape("grid", grid)
+        if not isinstance(token_index, torch.Tensor) or token_index.shape != (n,) or \
+                token_index.dtype != torch.long:
+            raise ValueError(f"token_index must be an int64 tensor of shape ({n},), got {token_index!r}")
+        if n and not (0 <= int(token_index.min()) and int(token_index.max()) < math.prod(grid)):
+            raise ValueError(f"token_index entries must be cells of grid {grid} (in [0, {math.prod(grid)}))")
     checks.positive_int("num_retain", num_retain)
     checks.positive_int("num_pivots", num_pivots)
     checks.positive_int("top_channels", top_channels)

@@ -28,7 +28,7 @@ INVALID = [
     (dict(method="vlm_pruner", num_retain=6.4), r"num_retain must be an integer >= 1"),
     (dict(method="vlm_pruner", num_retain=True), r"num_retain must be an integer >= 1"),
     (dict(method="sparsevlm", pruning_rate=0.5), r"method must be one of dart, divprune, fastv, .*vlm_pruner, none"),
-    (dict(method="vlm_pruner", pruning_rate=0.5, layer=0), r"layer must be an integer >= 1 for vlm_pruner"),
+    (dict(method="vlm_pruner", pruning_rate=0.5, layer=-1), r"layer must be an integer >= 0 for vlm_pruner"),
     (dict(method="fastv", pruning_rate=0.5, layer=0), r"layer must be an integer >= 1 for fastv"),
     (dict(method="dart", pruning_rate=0.5, layer=0), r"layer must be an integer >= 1 for dart"),
     (dict(method="divprune", pruning_rate=0.5, layer=-1), r"layer must be an integer >= 0 for divprune"),
@@ -46,7 +46,7 @@ INVALID = [
     (dict(method="dart", pruning_rate=0.5, params={"num_text_pivots": -1}), r"params.num_text_pivots must be an integer >= 1"),
     (dict(method="random", pruning_rate=0.5, params={"seed": -1}), r"params.seed must be an integer >= 0"),
     (dict(method="vlm_pruner", pruning_rate=0.5, params={"tau": 0.8}),
-     r"params.tau is not a parameter of vlm_pruner \(its parameters: merge_weight, num_pivots, .*top_channels"),
+     r"params.tau is not a parameter of vlm_pruner \(its parameters: adaptive_lambda, merge_weight, num_pivots, .*top_channels"),
     (dict(method="fastv", pruning_rate=0.5, params={"seed": 1}), r"params.seed is not a parameter of fastv \(fastv takes no"),
     (dict(method="vlm_pruner", pruning_rate=0.5, params=[("token_batch", 8)]), r"params must be a mapping"),
     (dict(method="none", pruning_rate=0.5), r"pruning_rate must be unset or 0 for method 'none'"),
@@ -65,9 +65,9 @@ def test_invalid_configs_are_refused_naming_the_field(values, message):
 @pytest.mark.parametrize("method", ["vlm_pruner", "fastv", "dart"])
 def test_layer_must_fit_the_model(method):
     config = PruningConfig(method, pruning_rate=0.5, layer=4)
-    with pytest.raises(ValueError, match=r"layer must be in \[1, 3\] for .* 4 decoder layers, got 4"):
+    with pytest.raises(ValueError, match=r"layer must be in \[[01], 3\] for .* 4 decoder layers, got 4"):
         config.validate(num_layers=4)
-    with pytest.raises(ValueError, match=r"layer must be in \[1, 3\]"):
+    with pytest.raises(ValueError, match=r"layer must be in \[[01], 3\]"):
         config.check_against(LlamaConfig(num_hidden_layers=4))
     assert config.validate(num_layers=5) is config
     assert config.validate() is config  # no model: nothing more to check
@@ -82,7 +82,7 @@ def test_layer_0_methods_fit_any_model():
 
 @pytest.mark.parametrize("method, layer, params", [
     ("vlm_pruner", 2, dict(num_pivots=4, top_channels=256, threshold=0.8, spatial_lambda=0.5,
-                           token_batch=16, merge_weight=0.3, temporal_scale=1.0)),
+                           token_batch=16, merge_weight=0.3, temporal_scale=1.0, adaptive_lambda=0.0)),
     ("fastv", 2, {}),
     ("dart", 2, dict(num_visual_pivots=4, num_text_pivots=4)),
     ("divprune", 0, {}),
@@ -192,12 +192,13 @@ def test_from_yaml_as_a_user_writes_it():
 def test_flat_is_what_gets_logged():
     config = PruningConfig("vlm_pruner", pruning_rate=0.889, params={"token_batch": 8})
     assert config.flat() == {
-        "method": "vlm_pruner", "pruning_rate": 0.889, "layer": 2,
-        "params.merge_weight": 0.3, "params.num_pivots": 4, "params.spatial_lambda": 0.5,
+        "method": "vlm_pruner", "pruning_rate": 0.889, "layer": 2, "positions": "original",
+        "params.adaptive_lambda": 0.0, "params.merge_weight": 0.3, "params.num_pivots": 4, "params.spatial_lambda": 0.5,
         "params.temporal_scale": 1.0, "params.threshold": 0.8, "params.token_batch": 8,
         "params.top_channels": 256,
     }
-    assert PruningConfig("fastv", num_retain=64).flat() == {"method": "fastv", "num_retain": 64, "layer": 2}
+    assert PruningConfig("fastv", num_retain=64).flat() == {"method": "fastv", "num_retain": 64, "layer": 2,
+                                                            "positions": "original"}
     assert PruningConfig.none().flat() == {"method": "none"}
     assert PruningConfig.from_dict(config.flat()) == config  # the logged params rebuild the config
 

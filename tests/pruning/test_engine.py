@@ -142,7 +142,7 @@ def test_video_span_is_pruned_on_its_own(tiny):
 @pytest.mark.parametrize("bad,field", [
     ({"method": "nope", "pruning_rate": 0.5}, "method"),
     ({"method": "vlm_pruner", "pruning_rate": 1.0}, "pruning_rate"),
-    ({"method": "vlm_pruner", "pruning_rate": 0.5, "layer": 0}, "layer"),
+    ({"method": "vlm_pruner", "pruning_rate": 0.5, "layer": -1}, "layer"),
     ({"method": "fastv", "pruning_rate": 0.5, "layer": 0}, "layer"),
     ({"method": "vlm_pruner", "pruning_rate": 0.5, "params": {"token_batch": 0}}, "token_batch"),
 ])
