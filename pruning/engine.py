@@ -56,6 +56,7 @@ class SpanStats:
     after: int
     keep: list[int]
     select_seconds: float
+    stages: list[int] = field(default_factory=list)  # tokens left after each stage (progressive)
 
 
 @dataclass
@@ -77,17 +78,22 @@ class PruningHandle:
     """Hooks installed by :func:`apply`; ``remove()`` (or leaving a ``with`` block) undoes them.
 
     ``stats`` holds the :class:`CallStats` of the latest prefill. ``config`` may be
-    replaced between calls (same layer) to switch method or rate on a loaded model.
+    replaced between calls (same layers) to switch method or rate on a loaded model.
+    A progressive config prunes before each of its stage layers, each stage on the
+    tokens the previous one kept.
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig):
         self.model, self.family = model, family_for(model)
         self.text = self.family.text_model(model)
-        self.layer = config.layer or 0  # the unpruned baseline ('none') only records spans
-        self._seams = seams.check(model, self.family, self.text, self.layer)
+        self.stage_layers = config.prune_layers  # the unpruned baseline ('none') only records spans
+        self.layer = self.stage_layers[0]
+        checked = [seams.check(model, self.family, self.text, layer) for layer in self.stage_layers]
+        self._seams = checked[0]
         layers = self.text.layers
         config.validate(num_layers=len(layers))
         self._config = config
+        self._check_layer_zero_signals(config)
         self.stats: CallStats | None = None
         self.keep_index: torch.Tensor | None = None  # (B, S') kept positions, -1 = padding
         self._pending: dict | None = None  # per prefill: spans, masks, captured signals
@@ -96,12 +102,13 @@ class PruningHandle:
 
         hooks = [model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
                  model.register_forward_hook(self._on_model_return)]
-        if self.layer >= 1:
-            hooks.append(layers[self.layer - 1].self_attn.register_forward_pre_hook(
-                self._capture_signals, with_kwargs=True))
-        hooks.append(layers[self.layer].register_forward_pre_hook(self._prune, with_kwargs=True))
-        for layer in layers[self.layer + 1:]:
-            hooks.append(layer.register_forward_pre_hook(self._use_swapped, with_kwargs=True))
+        for layer in self.stage_layers:
+            if layer >= 1:
+                hooks.append(layers[layer - 1].self_attn.register_forward_pre_hook(
+                    self._capture_signals, with_kwargs=True))
+        for index in range(self.layer, len(layers)):
+            hooks.append(layers[index].register_forward_pre_hook(
+                functools.partial(self._at_layer, index), with_kwargs=True))
         self._media: dict = {}  # per modality: what the vision encoder was last given
         self._recording = False
         self._hooks = hooks + self._capture_media_inputs() + self.family.install(model, self)
@@ -118,10 +125,24 @@ class PruningHandle:
     @config.setter
     def config(self, config: PruningConfig) -> None:
         config.validate(num_layers=len(self.text.layers))
-        if (config.layer or 0) != self.layer:
-            raise ValueError(f"layer: this handle prunes before layer {self.layer}; "
-                             f"apply a new handle for layer {config.layer}")
+        if config.prune_layers != self.stage_layers:
+            raise ValueError(f"layer: this handle prunes before layers {list(self.stage_layers)}; "
+                             f"apply a new handle for layers {list(config.prune_layers)}")
+        self._check_layer_zero_signals(config)
         self._config = config
+
+    def _check_layer_zero_signals(self, config: PruningConfig) -> None:
+        """At layer 0 the layer-before signals come from layer 0's own input norm and attention;
+        renumbered positions need the text model's rotary embedding."""
+        if config.positions == "renumbered" and not isinstance(getattr(self.text, "rotary_emb", None), nn.Module):
+            raise seams.refuse("the text model must have .rotary_emb (positions: renumbered)",
+                               type(self.text).__name__)
+        if self.layer == 0 and _FROM_LAYER_BEFORE & self._signals(config):
+            first = self.text.layers[0]
+            for name in ("input_layernorm", "self_attn"):
+                if not isinstance(getattr(first, name, None), nn.Module):
+                    raise seams.refuse(f"decoder layer 0 must have .{name} (keys at layer 0)",
+                                       type(first).__name__)
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -180,9 +201,11 @@ class PruningHandle:
             # added since the prefill (one per token).
             step = input_ids.shape[1] if input_ids is not None else kwargs["inputs_embeds"].shape[1]
             if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-                d["new_columns"] = mask[:, d["seq_len"]:].to(d["mask"].device, torch.long)
+                d["new_columns"] = mask[:, d["seq_len"]:].to(d["device"], torch.long)
             else:
-                d["new_columns"] = d["mask"].new_ones(d["mask"].shape[0], d["seen"] + step - d["seq_len"])
+                d["new_columns"] = torch.ones(input_ids.shape[0] if input_ids is not None else
+                                              kwargs["inputs_embeds"].shape[0], d["seen"] + step - d["seq_len"],
+                                              dtype=torch.long, device=d["device"])
             d["seen"] += step
             return None
         self._decode = self.keep_index = None
@@ -214,11 +237,16 @@ class PruningHandle:
 
     def _capture_signals(self, module, args, kwargs):
         pending = self._pending
-        wanted = self._signals()
-        if pending is None or not _FROM_LAYER_BEFORE & wanted:
+        if pending is None or not _FROM_LAYER_BEFORE & self._signals():
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D) normed
-        tables = seams.rotary_tables(kwargs, hidden.shape[1], f"the attention of layer {self.layer - 1}")
+        tables = seams.rotary_tables(kwargs, hidden.shape[1], "the attention before a pruning layer")
+        self._capture(module, hidden, tables)
+        return None
+
+    def _capture(self, module, hidden, tables) -> None:
+        """Keys (and attention rows) of attention ``module`` on its normed input ``hidden``."""
+        pending, wanted = self._pending, self._signals()
         queries = bool(_NEED_QUERIES & wanted)  # only attention rows need queries
         q, k = rotary_query_key(module, hidden, tables, queries=queries)
         b, _, s, d = k.shape
@@ -227,76 +255,123 @@ class PruningHandle:
             pending["attention"] = last_token_attention(q, k, pending["mask"].to(q.device), module.scaling)
         if "text_attention" in wanted:
             pending["qk"] = (q, k, module.scaling)
-        return None
 
-    def _signals(self) -> set[str]:
+    def _signals(self, config: PruningConfig | None = None) -> set[str]:
         """The signals the configured method reads (none unpruned)."""
-        if self._config.method == NO_PRUNING:
+        config = config or self._config
+        if config.method == NO_PRUNING:
             return set()
-        return set(get_method(self._config.method).signals)
+        return set(get_method(config.method).signals)
 
-    # -- layer K: prune ---------------------------------------------------------------
+    # -- layers >= K: prune at each stage layer, pass the swapped arguments on -----------
 
-    def _prune(self, module, args, kwargs):
-        if self._pending is not None:
-            return self._prune_prefill(args, kwargs)
-        if self._decode is not None and "new_columns" in self._decode:
-            d = self._decode
-            pruned_mask = torch.cat([d["mask"], d["new_columns"]], dim=1)
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            self._swap = {"attention_mask": self._causal_mask(hidden, pruned_mask, d["cache"])}
-            kwargs.update(self._swap)
-            return args, kwargs
-        return None
+    def _at_layer(self, index: int, module, args, kwargs):
+        if self._swap is not None:
+            kwargs.update(self._swap)  # what the previous stage gave the shorter sequence
+        if index in self.stage_layers:
+            if self._pending is not None:
+                args, kwargs = self._prune_prefill(self.stage_layers.index(index), args, kwargs)
+            elif self._decode is not None and "new_columns" in self._decode and \
+                    index in self._decode["stages"]:
+                self._swap = self._decode_swap(index, args, kwargs)
+                kwargs.update(self._swap)
+        return args, kwargs
 
-    def _prune_prefill(self, args, kwargs):
+    def _decode_swap(self, index: int, args, kwargs) -> dict:
+        """A decode step's arguments for the layers of the stage that starts at ``index``:
+        its kept columns plus the new ones (and, renumbered, positions after its kept ones)."""
+        d, stage = self._decode, self._decode["stages"][index]
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        mask = torch.cat([stage["mask"], d["new_columns"]], dim=1)
+        swap = {"attention_mask": self._causal_mask(hidden, mask, d["cache"], index)}
+        if self._config.positions == "renumbered":
+            step = hidden.shape[1]
+            offset = d["seen"] - step - d["seq_len"]  # tokens generated before this step
+            ids = stage["length"][:, None] + offset + torch.arange(step, device=hidden.device)  # (B, step)
+            swap.update(self._renumbered(hidden, ids, kwargs))
+        return swap
+
+    def _renumbered(self, hidden, ids: torch.Tensor, kwargs) -> dict:
+        """Rotary tables (and position ids) for 1-D positions ``ids`` (B, S'): every rotary
+        section (Qwen's M-RoPE t, h, w) gets the same id, as for text."""
+        out = {"position_embeddings": self.text.rotary_emb(hidden, ids)}
+        position_ids = kwargs.get("position_ids")
+        if isinstance(position_ids, torch.Tensor):
+            out["position_ids"] = ids.expand(*position_ids.shape[:-2], *ids.shape)
+        return out
+
+    def _prune_prefill(self, stage: int, args, kwargs):
         pending, config = self._pending, self._config
+        layer = self.stage_layers[stage]
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D)
         if hidden is None or "attention_mask" not in kwargs:
-            raise seams.refuse(f"decoder layer {self.layer} must be called with hidden_states and an "
+            raise seams.refuse(f"decoder layer {layer} must be called with hidden_states and an "
                                "attention_mask keyword (the engine swaps them)",
                                f"got keywords {', '.join(kwargs)}")
-        cos, sin = seams.rotary_tables(kwargs, hidden.shape[1], f"decoder layer {self.layer}")
+        cos, sin = seams.rotary_tables(kwargs, hidden.shape[1], f"decoder layer {layer}")
         # A model split over devices (device_map): what earlier layers and the model's
         # inputs gave sits elsewhere; everything is moved to this layer's device once.
         device = hidden.device
         cos, sin = cos.to(device), sin.to(device)
         pending = self._pending = _to_device(pending, device)
+        if layer == 0 and _FROM_LAYER_BEFORE & self._signals():
+            first = self.text.layers[0]  # keys of layer 0 from its own input (the embeddings)
+            self._capture(first.self_attn, first.input_layernorm(hidden), (cos, sin))
         batch, seq_len = hidden.shape[:2]
-        stats = CallStats(seq_len=seq_len)
         normed = self.text.norm(hidden).to(device) if _NORMED & self._signals() else None
-        keep_rows, new_states = [], []
+        stats = pending.setdefault("stats", [[] for _ in range(batch)])
+        keep_rows, new_states, new_spans, new_index = [], [], [], []
+        removed = False
         for b in range(batch):
-            keep = torch.ones(seq_len, dtype=torch.bool, device=hidden.device)
-            row_states, sample_stats = {}, []
-            visual = torch.zeros(seq_len, dtype=torch.bool, device=hidden.device)
+            # Padding slots an earlier stage added go; the input's own padding stays (masked).
+            keep = self.keep_index[b] >= 0 if stage and self.keep_index is not None else \
+                torch.ones(seq_len, dtype=torch.bool, device=device)
+            row_states, spans, indices = {}, [], []
+            visual = torch.zeros(seq_len, dtype=torch.bool, device=device)
             for span in pending["spans"][b]:
                 visual[span.positions] = True
-            for span in pending["spans"][b]:
-                _sync(hidden.device)  # so that select_seconds covers the selection's kernels alone
+            for j, span in enumerate(pending["spans"][b]):
+                token_index = pending["token_index"][b][j] if stage else \
+                    torch.arange(span.num_tokens, device=device)
+                retain = config.num_retain_for(math.prod(span.grid), stage)
+                _sync(device)  # so that select_seconds covers the selection's kernels alone
                 start = time.perf_counter()
-                local, states = self._select(b, span, hidden, normed, visual, pending)
-                _sync(hidden.device)
+                local, states = self._select(b, span, hidden, normed, visual, pending, retain, token_index)
+                _sync(device)
                 elapsed = time.perf_counter() - start
+                removed |= local.numel() < span.num_tokens
                 keep[span.positions] = False
                 kept_positions = span.positions[local]
                 keep[kept_positions] = True
                 if states is not None:
                     row_states[kept_positions] = states
-                sample_stats.append(SpanStats(span.kind, span.grid, span.num_tokens, local.numel(),
-                                              local.tolist(), elapsed))
-                stats.select_seconds += elapsed
-            stats.samples.append(sample_stats)
+                indices.append(token_index[local])
+                spans.append((kept_positions, span))
+                if stage == 0:
+                    stats[b].append(SpanStats(span.kind, span.grid, span.num_tokens, 0, [], 0.0))
+                record = stats[b][j]
+                record.after, record.keep = local.numel(), token_index[local].tolist()
+                record.select_seconds += elapsed
+                record.stages.append(local.numel())
             keep_rows.append(keep.nonzero().squeeze(1))
             new_states.append(row_states)
-        stats.kept_seq_len = [int(k.numel()) for k in keep_rows]
-        self.stats = stats
-        if all(n == seq_len for n in stats.kept_seq_len):
-            self._pending = None
-            return None  # nothing removed: leave the forward exactly as it was
+            new_spans.append(spans)
+            new_index.append(indices)
+        kept_seq_len = [int(k.numel()) for k in keep_rows]
+        previous = self.stats.kept_seq_len if stage and self.stats else [seq_len] * batch
+        self.stats = CallStats(stats, pending["seq_len"] if stage else seq_len, kept_seq_len,
+                               sum(s.select_seconds for spans in stats for s in spans))
+        last = stage == len(self.stage_layers) - 1
+        if stage == 0:
+            pending["seq_len"] = seq_len
+        if not removed:  # this stage changes nothing
+            pending["token_index"] = new_index
+            self._pending = None if last else pending
+            self.stats.kept_seq_len = previous
+            return args, kwargs
 
-        width = max(stats.kept_seq_len)
-        keep_index = torch.full((batch, width), -1, dtype=torch.long, device=hidden.device)
+        width = max(kept_seq_len)
+        keep_index = torch.full((batch, width), -1, dtype=torch.long, device=device)
         for b, rows in enumerate(keep_rows):
             keep_index[b, width - rows.numel():] = rows  # left padding, like generate's inputs
         safe = keep_index.clamp_min(0)
@@ -309,15 +384,31 @@ class PruningHandle:
         pruned_mask = pending["mask"].gather(1, safe) * (keep_index >= 0)  # (B, S')
 
         cache = seams.find_cache(args, kwargs)
-        swap = {"position_embeddings": (_gather_seq(cos, safe), _gather_seq(sin, safe)),
-                "attention_mask": self._causal_mask(new_hidden, pruned_mask, cache)}
-        position_ids = kwargs.get("position_ids")
-        if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == seq_len:
-            swap["position_ids"] = _gather_last(position_ids.to(device), safe)
-        self._swap, self.keep_index = swap, keep_index
-        self._decode = {"mask": pruned_mask, "seq_len": seq_len, "seen": seq_len,
-                        "cache": cache, "cache_len": None}
-        self._pending = None
+        swap = {"attention_mask": self._causal_mask(new_hidden, pruned_mask, cache, layer)}
+        if config.positions == "renumbered":
+            swap.update(self._renumbered(new_hidden, (pruned_mask.cumsum(1) - 1).clamp_min(0), kwargs))
+        else:
+            swap["position_embeddings"] = (_gather_seq(cos, safe), _gather_seq(sin, safe))
+            position_ids = kwargs.get("position_ids")
+            if isinstance(position_ids, torch.Tensor) and position_ids.shape[-1] == seq_len:
+                swap["position_ids"] = _gather_last(position_ids.to(device), safe)
+        # keep_index maps the kept sequence to the original one across the stages.
+        earlier = self.keep_index if stage and self.keep_index is not None else None
+        self._swap = swap
+        self.keep_index = keep_index if earlier is None else \
+            torch.where(keep_index >= 0, earlier.gather(1, safe), -1)
+        if self._decode is None:
+            self._decode = {"seq_len": pending["seq_len"], "seen": pending["seq_len"], "cache": cache,
+                            "cache_len": None, "stages": {}, "device": device}
+        self._decode["stages"][layer] = {"mask": pruned_mask, "length": pruned_mask.sum(1)}
+        # The next stage sees the kept sequence: spans at their new slots, its padding mask.
+        offsets = [width - rows.numel() for rows in keep_rows]
+        pending["spans"] = [[Span(offsets[b] + torch.searchsorted(keep_rows[b], kept), span.grid, span.kind)
+                             for kept, span in new_spans[b]] for b in range(batch)]
+        pending["token_index"], pending["mask"] = new_index, pruned_mask
+        for captured in ("keys", "attention", "qk"):
+            pending.pop(captured, None)
+        self._pending = None if last else pending
         if "hidden_states" in kwargs:
             kwargs["hidden_states"] = new_hidden
         else:
@@ -325,7 +416,7 @@ class PruningHandle:
         kwargs.update(swap)
         return args, kwargs
 
-    def _select(self, b: int, span: Span, hidden, normed, visual, pending):
+    def _select(self, b: int, span: Span, hidden, normed, visual, pending, num_retain: int, token_index):
         """Run the configured method on one span; returns (kept local indices, fused states).
 
         The method's declared signals are its arguments (``pruning.methods.registry``):
@@ -351,25 +442,17 @@ class PruningHandle:
             "text_normed_hidden_states": lambda: normed[b, text_after()],
             "text_hidden_states": lambda: hidden[b, text_after()],
             "text_attention": lambda: rows_attention(*pending["qk"], pending["mask"][b], b, text_after())[:, :, pos],
-            "token_index": lambda: torch.arange(span.num_tokens, device=pos.device),
+            "token_index": lambda: token_index,
             "grid": lambda: span.grid,
             "num_tokens": lambda: span.num_tokens,
             "device": lambda: hidden.device,
         }
         signals = {name: provide[name]() for name in spec.signals}
-        sel = spec.select(**signals, num_retain=config.num_retain_for(span.num_tokens), **config.method_params())
+        sel = spec.select(**signals, num_retain=num_retain, **config.method_params())
         return sel.keep.to(pos.device), sel.hidden_states
 
-    def _causal_mask(self, hidden, mask_2d, cache):
-        return self._seams.causal_mask(self.text.config, hidden, mask_2d, cache, self.layer)
-
-    # -- layers > K -----------------------------------------------------------------
-
-    def _use_swapped(self, module, args, kwargs):
-        if self._swap is None:
-            return None
-        kwargs.update(self._swap)
-        return args, kwargs
+    def _causal_mask(self, hidden, mask_2d, cache, layer: int):
+        return self._seams.causal_mask(self.text.config, hidden, mask_2d, cache, layer)
 
 
 # Signals computed from layer K-1's rotary keys (and queries), and from the final norm.
@@ -444,6 +527,8 @@ def _to_device(pending: dict, device: torch.device) -> dict:
     """``pending`` (spans, padding mask, captured signals) with its tensors on ``device``."""
     out = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in pending.items()}
     out["spans"] = [[Span(s.positions.to(device), s.grid, s.kind) for s in spans] for spans in pending["spans"]]
+    if "token_index" in out:
+        out["token_index"] = [[t.to(device) for t in row] for row in out["token_index"]]
     return out
 
 
