@@ -168,8 +168,14 @@ def request_config(given: Any, default: PruningConfig) -> PruningConfig:
     if values["method"] == default.method and default.method != NO_PRUNING:
         if "pruning_rate" not in values and "num_retain" not in values:
             values["pruning_rate"], values["num_retain"] = default.pruning_rate, default.num_retain
-        values.setdefault("layer", default.layer)
-        if set(values) <= {"method", "pruning_rate", "num_retain", "layer"}:
+        if "layer" not in values and "stages" not in values:
+            if default.stages:  # the default's stages: its own rates unless the request sets one
+                same = values.get("pruning_rate") == default.pruning_rate and values.get("num_retain") is None
+                values["stages"] = default.to_dict()["stages"] if same else list(default.prune_layers)
+            else:
+                values["layer"] = default.layer
+        values.setdefault("positions", default.positions)
+        if set(values) <= {"method", "pruning_rate", "num_retain", "layer", "stages", "positions"}:
             values["params"] = dict(default.params)
     try:
         return PruningConfig.from_dict(values)

@@ -2,7 +2,7 @@
 checks: every option is validated here, before Ray starts, and a bad one names the
 option and what it allows (argparse's exit code 2).
 
-    add_pruning_options(parser)            --method --pruning-rate --num-retain --layer --param
+    add_pruning_options(parser)            --method --pruning-rate --num-retain --layer --stages --positions --param
     add_resource_options(parser, ...)      --actors --num-gpus --batch-size --frames --max-pixels
                                            --dtype --sample-timeout
     pruning_config(args), check(args)      the PruningConfig asked for; ValueError if any option is off
@@ -27,6 +27,10 @@ def add_pruning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pruning-rate", type=float, help="share of visual tokens removed, in [0, 1)")
     parser.add_argument("--num-retain", type=int, help="visual tokens kept per span (instead of a rate)")
     parser.add_argument("--layer", type=int, help="decoder layer to prune before (method default if unset)")
+    parser.add_argument("--stages", metavar="LAYERS", help="progressive pruning: layers '2,6,12' (the rate split "
+                                                         "evenly over the stages) or 'layer:rate' pairs '2:0.5,6:0.889'")
+    parser.add_argument("--positions", choices=("original", "renumbered"),
+                        help="position ids of the kept tokens (default original)")
     parser.add_argument("--param", action="append", metavar="NAME=VALUE",
                         help="a method parameter, e.g. --param token_batch=8 (repeatable)")
 
@@ -54,6 +58,9 @@ def pruning_config(args: argparse.Namespace) -> PruningConfig:
         values["num_retain"] = args.num_retain
     if args.layer is not None:
         values["layer"] = args.layer
+    for name in ("stages", "positions"):
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
     for item in args.param or []:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():

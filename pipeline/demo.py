@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 import pruning
 from pipeline.models import load_model
 from pruning import PruningConfig, list_methods
+from pruning.methods import get_method
 
 
 def demo_image(size: int = 448) -> Image.Image:
@@ -37,9 +38,13 @@ def demo_image(size: int = 448) -> Image.Image:
 def kept_tokens(model, inputs, pruning_rate: float) -> dict[str, tuple]:
     """Per method: (kept indices into the first image's grid, the grid), from a real
     pruned forward pass (``pruning.apply``), each method at its default layer."""
-    kept = {}
+    kept, depth = {}, model.config.get_text_config().num_hidden_layers
     for method in list_methods():
-        with pruning.apply(model, PruningConfig(method=method, pruning_rate=pruning_rate)) as handle:
+        values = {"method": method, "pruning_rate": pruning_rate}
+        if (stages := get_method(method).default_stages) and max(stages) >= depth:
+            # a progressive method's default stages, spread as evenly over this model's layers
+            values["stages"] = [depth * (i + 1) // (len(stages) + 1) for i in range(len(stages))]
+        with pruning.apply(model, PruningConfig.from_dict(values)) as handle:
             model(**inputs)
         span = handle.stats.samples[0][0]
         kept[method] = (torch.tensor(span.keep), span.grid)

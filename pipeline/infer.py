@@ -109,7 +109,7 @@ class Generator:
         config.check_against(self.model.config)
         if config.method != NO_PRUNING and (warm_up := get_method(config.method).warm_up) is not None:
             warm_up(str(self.device))  # compiled kernels, once per process, before timing
-        if self._handle is not None and (config.layer or 0) == self._handle.layer:
+        if self._handle is not None and config.prune_layers == self._handle.stage_layers:
             self._handle.config = config
         else:
             if self._handle is not None:

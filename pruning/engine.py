@@ -137,12 +137,13 @@ class PruningHandle:
         if config.positions == "renumbered" and not isinstance(getattr(self.text, "rotary_emb", None), nn.Module):
             raise seams.refuse("the text model must have .rotary_emb (positions: renumbered)",
                                type(self.text).__name__)
-        if self.layer == 0 and _FROM_LAYER_BEFORE & self._signals(config):
-            first = self.text.layers[0]
+        own = [0] if self.layer == 0 and _FROM_LAYER_BEFORE & self._signals(config) else []
+        own += list(self.stage_layers) if "layer_attention" in self._signals(config) else []
+        for index in own:
             for name in ("input_layernorm", "self_attn"):
-                if not isinstance(getattr(first, name, None), nn.Module):
-                    raise seams.refuse(f"decoder layer 0 must have .{name} (keys at layer 0)",
-                                       type(first).__name__)
+                if not isinstance(getattr(self.text.layers[index], name, None), nn.Module):
+                    raise seams.refuse(f"decoder layer {index} must have .{name} (signals from its own input)",
+                                       type(self.text.layers[index]).__name__)
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -317,6 +318,10 @@ class PruningHandle:
         if layer == 0 and _FROM_LAYER_BEFORE & self._signals():
             first = self.text.layers[0]  # keys of layer 0 from its own input (the embeddings)
             self._capture(first.self_attn, first.input_layernorm(hidden), (cos, sin))
+        if "layer_attention" in self._signals():
+            own = self.text.layers[layer]
+            q, k = rotary_query_key(own.self_attn, own.input_layernorm(hidden), (cos, sin))
+            pending["layer_attention"] = last_token_attention(q, k, pending["mask"].to(device), own.self_attn.scaling)
         batch, seq_len = hidden.shape[:2]
         normed = self.text.norm(hidden).to(device) if _NORMED & self._signals() else None
         stats = pending.setdefault("stats", [[] for _ in range(batch)])
@@ -406,7 +411,7 @@ class PruningHandle:
         pending["spans"] = [[Span(offsets[b] + torch.searchsorted(keep_rows[b], kept), span.grid, span.kind)
                              for kept, span in new_spans[b]] for b in range(batch)]
         pending["token_index"], pending["mask"] = new_index, pruned_mask
-        for captured in ("keys", "attention", "qk"):
+        for captured in ("keys", "attention", "qk", "layer_attention"):
             pending.pop(captured, None)
         self._pending = None if last else pending
         if "hidden_states" in kwargs:
@@ -438,6 +443,7 @@ class PruningHandle:
             "normed_hidden_states": lambda: normed[b, pos],
             "key_states": lambda: pending["keys"][b, pos],
             "attention": lambda: pending["attention"][b][:, pos],
+            "layer_attention": lambda: pending["layer_attention"][b][:, pos],
             "text_key_states": lambda: pending["keys"][b, text_after()],
             "text_normed_hidden_states": lambda: normed[b, text_after()],
             "text_hidden_states": lambda: hidden[b, text_after()],

@@ -156,7 +156,8 @@ def vision_flops(config, num_patches: int, *, num_images: int = 1) -> float:
 
 
 def prefill_flops(config, *, seq_len: int, visual_tokens: int, kept_visual_tokens: int, layer: int,
-                  num_patches: Optional[int] = None, num_images: int = 1) -> dict[str, float]:
+                  num_patches: Optional[int] = None, num_images: int = 1,
+                  stages: Optional[Sequence[tuple[int, int]]] = None) -> dict[str, float]:
     """Prefill FLOPs of one sample, unpruned and pruned before decoder layer ``layer``.
 
     seq_len:             prompt length in LLM tokens, visual tokens included.
@@ -168,6 +169,10 @@ def prefill_flops(config, *, seq_len: int, visual_tokens: int, kept_visual_token
                          None: ``N * merge`` (Qwen: 4 patches per token, LLaVA: 1), which
                          ignores LLaVA-OneVision's newline tokens and video pooling; 0 skips
                          the vision tower (text-only configs).
+    stages:              progressive pruning: (layer, visual tokens left after it) per
+                         stage, layers ascending, the last count ``kept_visual_tokens``;
+                         ``layer`` is then the first stage's. Layers from one stage to the
+                         next see that stage's sequence.
 
     Returns ``vision``, ``llm_unpruned``, ``llm_pruned``, ``total_unpruned``
     (vision + llm_unpruned), ``total_pruned`` and ``speedup`` = total_unpruned / total_pruned.
@@ -195,11 +200,17 @@ def prefill_flops(config, *, seq_len: int, visual_tokens: int, kept_visual_token
         raise ValueError(f"layer must be in [0, {text.num_hidden_layers - 1}], got {layer}")
     if num_patches is None:
         num_patches = visual_tokens * vision_shape(config).merge
-    pruned_len = seq_len - (visual_tokens - kept_visual_tokens)
+    stages = list(stages or [(layer, kept_visual_tokens)])
+    if stages[0][0] != layer or stages[-1][1] != kept_visual_tokens or \
+            any(b[0] <= a[0] or b[1] > a[1] for a, b in zip(stages, stages[1:])):
+        raise ValueError(f"stages must start at layer {layer}, rise in layer, keep no more tokens stage by "
+                         f"stage and end at {kept_visual_tokens} tokens, got {stages}")
+    lengths = [seq_len] * text.num_hidden_layers
+    for start, kept in stages:
+        lengths[start:] = [seq_len - (visual_tokens - kept)] * (text.num_hidden_layers - start)
     vision = vision_flops(config, num_patches, num_images=num_images) if num_patches else 0.0
     llm_unpruned = llm_prefill_flops(text, [seq_len] * text.num_hidden_layers)
-    llm_pruned = llm_prefill_flops(
-        text, [seq_len] * layer + [pruned_len] * (text.num_hidden_layers - layer))
+    llm_pruned = llm_prefill_flops(text, lengths)
     return _with_totals(vision, llm_unpruned, llm_pruned)
 
 

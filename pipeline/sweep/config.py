@@ -11,6 +11,8 @@ Example (``configs/demo.yaml``)::
       pruning_rates: [0.667, 0.778, 0.889]
       layers: [2]                                 # optional: default each method's own
       params: {vlm_pruner: {token_batch: [8, 16]}} # optional: every combination is a point
+      # also per method: layer, stages (progressive) and positions, e.g.
+      #   {pyramiddrop: {stages: [[1, 2, 3]]}, divprune: {positions: [original, renumbered]}}
     resources: {actors: 1, batch_size: 4, frames: 8}
     scoring: lmms_eval                            # optional: or lenient (adds lenient/<name> metrics)
     mlflow: {experiment: demo}
@@ -73,7 +75,8 @@ class GridSpec:
     layers: tuple[int, ...] = field(default=(), metadata={
         "help": "decoder layers K to prune before, for every method (default: each method's own)"})
     params: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict, metadata={
-        "help": "per method, {parameter: [values]}; every combination is a grid point"})
+        "help": "per method, {parameter: [values]}; every combination is a grid point. Besides the "
+                "method's parameters: layer, stages (lists of layers: progressive) and positions"})
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,9 @@ class SweepConfig:
             for rate, layer, combo in itertools.product(grid.pruning_rates, grid.layers or (None,), list(combos)):
                 with _at(f"grid (method {method}, pruning_rate {rate}, layer {layer}, params "
                          f"{dict(zip(names, combo))})"):
-                    point = PruningConfig.from_dict({"method": method, "pruning_rate": rate, "layer": layer,
-                                                     "params": dict(zip(names, combo))})
+                    point = PruningConfig.from_dict({"method": method, "pruning_rate": rate,
+                                                     **({} if layer is None else {"layer": layer}),
+                                                     **dict(zip(names, combo))})
                 if point not in out:
                     out.append(point)
         return out
@@ -214,7 +218,7 @@ class SweepConfig:
             out["grid.layers"] = ",".join(str(k) for k in self.grid.layers)
         for method, params in self.grid.params.items():
             for name, values in params.items():
-                out[f"grid.params.{method}.{name}"] = ",".join(f"{v:g}" for v in values)
+                out[f"grid.params.{method}.{name}"] = ",".join(_text(v) for v in values)
         out.update({f"resources.{f.name}": getattr(self.resources, f.name) for f in fields(Resources)
                     if getattr(self.resources, f.name) is not None})
         return out
@@ -358,13 +362,27 @@ def _grid(values: Mapping) -> GridSpec:
         checked[method] = {}
         for name in _mapping(by_name, f"grid.params.{method}"):
             options = _list(by_name, name, f"grid.params.{method}.")
+            if name == "layer" and layers:
+                raise SweepConfigError(f"grid.params.{method}.layer", "grid.layers is set for every method already")
             for i, value in enumerate(options):
                 with _at(f"grid.params.{method}.{name}[{i}]"):
-                    PruningConfig(method=method, pruning_rate=0.5, params={name: value})
-            checked[method][name] = tuple(dict.fromkeys(options))
+                    PruningConfig.from_dict({"method": method, "pruning_rate": 0.5, name: value})
+            checked[method][name] = tuple(dict.fromkeys(_frozen(v) for v in options))
     return GridSpec(methods=tuple(dict.fromkeys(methods)),
                     pruning_rates=tuple(dict.fromkeys(float(r) for r in rates)),
                     layers=tuple(dict.fromkeys(layers)), params=checked)
+
+
+def _text(value: Any) -> str:
+    """A grid value as logged: 0.5, 8+16+24 (stages), renumbered."""
+    if isinstance(value, tuple):
+        return "+".join(_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (a stage list) as tuples, so that grid values are hashable."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _resources(values: Mapping) -> Resources:

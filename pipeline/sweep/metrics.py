@@ -32,6 +32,7 @@ sample rather than at a mean length:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Mapping, Sequence
@@ -106,7 +107,8 @@ def flops(rows: Sequence[dict], model_config, point: PruningConfig) -> dict[str,
     """Mean theoretical prefill FLOPs per sample, with and without pruning (see above)."""
     per_sample = [prefill_flops(model_config, seq_len=int(r["prompt_tokens"]),
                                 visual_tokens=int(r["visual_tokens_before"]),
-                                kept_visual_tokens=int(r["visual_tokens_after"]), layer=point.layer or 0)
+                                kept_visual_tokens=int(r["visual_tokens_after"]), layer=point.layer or 0,
+                                stages=_stages(r, point))
                   for r in rows if not r["error"] and r.get("prompt_tokens")]
     if not per_sample:
         return {}
@@ -114,6 +116,18 @@ def flops(rows: Sequence[dict], model_config, point: PruningConfig) -> dict[str,
     return {"prefill_tflops": total["total_pruned"] / len(per_sample) / 1e12,
             "prefill_tflops_unpruned": total["total_unpruned"] / len(per_sample) / 1e12,
             "flops_speedup": total["speedup"]}
+
+
+def _stages(row: dict, point: PruningConfig):
+    """(layer, visual tokens left) per stage of a progressive point, from the row's span grids
+    (each stage's count is the config's for the span's size); None for one stage."""
+    if not point.stages:
+        return None
+    spans = row.get("spans") or []
+    sizes = [math.prod(span["grid"]) for span in (json.loads(spans) if isinstance(spans, str) else spans)]
+    kept = int(row["visual_tokens_after"])  # what the row measured is the last stage's count
+    counts = [max(kept, sum(point.num_retain_for(n, i) for n in sizes)) for i in range(len(point.stages) - 1)]
+    return list(zip(point.prune_layers, counts + [kept]))
 
 
 def _mean(rows: Sequence[dict], key: str) -> float:

@@ -51,10 +51,17 @@ def _amount(point: PruningConfig) -> str:
 
 
 def point_name(point: PruningConfig, layers_vary: bool, varying: Sequence[str] = ()) -> str:
-    """A short run name, e.g. ``vlm_pruner-0.889``, ``fastv-0.5-L3-token_batch=8``, ``none``."""
+    """A short run name, e.g. ``vlm_pruner-0.889``, ``fastv-0.5-L3-token_batch=8``, ``none``,
+    ``pyramiddrop-0.875-L8+16+24`` (progressive), ``divprune-0.889-renumbered``."""
     if point.method == NO_PRUNING:
         return NO_PRUNING
-    parts = [point.method, _amount(point)] + ([f"L{point.layer}"] if layers_vary else [])
+    parts = [point.method, _amount(point)]
+    if point.stages:
+        parts.append("L" + "+".join(str(layer) for layer in point.prune_layers))
+    elif layers_vary or "layer" in varying:
+        parts.append(f"L{point.layer}")
+    if point.positions != "original":
+        parts.append(point.positions)
     parts += [f"{name}={point.params[name]:g}" for name in varying if name in point.params]
     return "-".join(parts)
 

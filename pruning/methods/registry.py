@@ -30,6 +30,8 @@ SIGNALS = {
     "normed_hidden_states": "(N, D) those states after the model's final norm",
     "key_states": "(N, kv_heads * d) the span's rotary keys of layer K-1 (K >= 1)",
     "attention": "(heads, N) the last prompt token's attention to the span in layer K-1 (K >= 1)",
+    "layer_attention": "(heads, N) the last prompt token's attention to the span computed with layer K's own "
+                       "input norm and query/key projections on the states entering layer K (PyramidDrop)",
     "text_key_states": "(M, kv_heads * d) rotary keys of layer K-1 of the text tokens after the span",
     "text_normed_hidden_states": "(M, D) final-normed states of those text tokens",
     "text_hidden_states": "(M, D) states entering layer K of those text tokens (K = 0: their input embeddings)",

@@ -57,9 +57,12 @@ def test_set_parses_yaml_and_indexes_lists():
 @pytest.mark.parametrize("override, field, allowed", [
     ("grid.methods=[vlm_pruner, fastvv]", "grid.methods[1]", "allowed: dart, divprune, fastv"),
     ("grid.pruning_rates=[0.5, 1.5]", "grid.pruning_rates[1]", "in [0, 1)"),
-    ("grid.layers=[0]", "grid.layers[0]", "integer >= 1 for vlm_pruner"),
+    ("grid.layers=[-1]", "grid.layers[0]", "integer >= 0 for vlm_pruner"),
+    ("grid.params={vlm_pruner: {stages: [[3, 2]]}}", "grid.params.vlm_pruner.stages[0]", "layers must increase"),
+    ("grid.params={vlm_pruner: {positions: [shifted]}}", "grid.params.vlm_pruner.positions[0]",
+     "one of original, renumbered"),
     ("grid.params={vlm_pruner: {token_batch: [0]}}", "grid.params.vlm_pruner.token_batch[0]", "integer >= 1"),
-    ("grid.params={vlm_pruner: {speed: [1]}}", "grid.params.vlm_pruner.speed[0]", "its parameters: merge_weight"),
+    ("grid.params={vlm_pruner: {speed: [1]}}", "grid.params.vlm_pruner.speed[0]", "its parameters: adaptive_lambda, merge_weight"),
     ("grid.params={random: {seed: [1]}}", "grid.params.random", "not in grid.methods"),
     ("tasks.0.limit=0", "tasks[0].limit", "integer >= 1"),
     ("tasks=[]", "tasks", "at least one"),
@@ -90,7 +93,7 @@ def test_scoring_defaults_to_lmms_eval_and_is_logged_with_its_release():
 def test_check_against_the_model_tasks_and_data(tmp_path):
     tiny = model_config("tiny:qwen2_vl")  # 4 decoder layers
     config = SweepConfig.from_dict(apply_overrides(BASE, ["grid.layers=[3, 4]"]))
-    with pytest.raises(SweepConfigError, match=r"grid.layers\[1\]: layer must be in \[1, 3\]"):
+    with pytest.raises(SweepConfigError, match=r"grid.layers\[1\]: layer must be in \[0, 3\]"):
         config.check(tiny, root=tmp_path)
     config = SweepConfig.from_dict(apply_overrides(BASE, ["tasks.0.name=popee"]))
     with pytest.raises(SweepConfigError, match=r"tasks\[0\].name: unknown task 'popee'; known tasks: egoplan"):

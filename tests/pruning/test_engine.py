@@ -8,13 +8,25 @@ import torch
 
 import pruning
 from pruning import PruningConfig
+from pruning.methods import get_method, list_methods
 from tests.pruning.conftest import VIDEO_FAMILIES, build_inputs, samples
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_onevision"]
-METHODS = ["vlm_pruner", "fastv", "dart", "divprune", "random", "uniform"]
-# Selections that cannot change as generated text grows (FastV's query token moves;
-# DART's text pivots are chosen among the tokens after the span).
-CACHE_STABLE = ["vlm_pruner", "divprune", "random", "uniform"]
+# Every registered method: one added in a file is tested here with no edit.
+METHODS = list_methods()
+# Signals that read the text after a span: the selection may change as generated text
+# grows (FastV's query token moves; DART's text pivots are among the tokens after the span).
+TEXT_SIGNALS = {"attention", "layer_attention", "text_attention", "text_key_states",
+                "text_normed_hidden_states", "text_hidden_states"}
+CACHE_STABLE = [m for m in METHODS if not TEXT_SIGNALS & set(get_method(m).signals)]
+
+
+def method_config(method: str, **values) -> PruningConfig:
+    """``method`` at its defaults, a progressive method's stages fitted to the tiny
+    models' four decoder layers."""
+    if get_method(method).default_stages and "layer" not in values:
+        values["stages"] = [1, 2, 3]
+    return PruningConfig.from_dict({"method": method, **values})
 
 
 def greedy(model, inputs, new_tokens=4, **kwargs):
@@ -23,13 +35,13 @@ def greedy(model, inputs, new_tokens=4, **kwargs):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["vlm_pruner", "fastv", "divprune"])
+@pytest.mark.parametrize("method", METHODS)
 def test_rate_zero_gives_unpruned_logits(tiny, family, method):
     model, processor = tiny(family)
     inputs = build_inputs(processor, family, list(samples(family)))
     with torch.no_grad():
         expected = model(**inputs).logits
-        with pruning.apply(model, PruningConfig(method=method, pruning_rate=0.0)) as handle:
+        with pruning.apply(model, method_config(method, pruning_rate=0.0)) as handle:
             got = model(**inputs).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     before, after = handle.stats.visual_tokens()
@@ -56,7 +68,7 @@ def _single_and_batched(model, processor, family, config):
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_equals_samples_one_by_one(tiny, family, method):
     model, processor = tiny(family)
-    config = PruningConfig(method=method, pruning_rate=0.75)
+    config = method_config(method, pruning_rate=0.75)
     names, singles, tokens, kept, before, after = _single_and_batched(model, processor, family, config)
     for b, name in enumerate(names):
         assert kept[b] == singles[name][1], f"{name}: kept indices differ in the batch"
@@ -95,7 +107,7 @@ def test_generate_at_the_papers_rate_equals_each_sample_alone(tiny, family):
 def test_cached_generation_equals_recomputation(tiny, family, method):
     model, processor = tiny(family)
     inputs = build_inputs(processor, family, list(samples(family)))
-    with pruning.apply(model, PruningConfig(method=method, pruning_rate=0.8)):
+    with pruning.apply(model, method_config(method, pruning_rate=0.8)):
         cached = greedy(model, inputs, new_tokens=5)
         recomputed = greedy(model, inputs, new_tokens=5, use_cache=False)
     assert cached.tolist() == recomputed.tolist()

@@ -210,3 +210,22 @@ def test_pruned_llm_matches_shorter_real_forward(tiny_models, spec):
 
 def test_module_examples():
     assert doctest.testmod(pruning.flops).failed == 0
+
+
+def test_progressive_stages_count_each_stages_sequence():
+    """Layers 0-7 see 636 tokens, 8-15 348 (288 visual), 16-23 204, 24-31 132 (PyramidDrop's
+    576 -> 288 -> 144 -> 72 on LLaVA-1.5-7B)."""
+    from transformers import LlavaConfig
+
+    from pruning.flops import llm_prefill_flops
+
+    config = LlavaConfig()
+    f = prefill_flops(config, seq_len=636, visual_tokens=576, kept_visual_tokens=72, layer=8,
+                      stages=[(8, 288), (16, 144), (24, 72)])
+    expected = llm_prefill_flops(config, [636] * 8 + [348] * 8 + [204] * 8 + [132] * 8)
+    assert f["llm_pruned"] == pytest.approx(expected)
+    single = prefill_flops(config, seq_len=636, visual_tokens=576, kept_visual_tokens=72, layer=8)
+    assert f["llm_pruned"] > single["llm_pruned"]
+    with pytest.raises(ValueError, match="stages must start at layer 8"):
+        prefill_flops(config, seq_len=636, visual_tokens=576, kept_visual_tokens=72, layer=8,
+                      stages=[(8, 288), (6, 72)])

@@ -15,8 +15,10 @@ import torch
 
 def select_loop(hidden_states, key_states, grid, num_retain, *, num_pivots=4, top_channels=256,
                 threshold=0.8, spatial_lambda=0.5, token_batch=16, merge_weight=0.3,
-                temporal_scale=1.0):
-    """Returns (keep ascending (R,), fused hidden states (R, D) in keep order, selection order)."""
+                temporal_scale=1.0, positions=None):
+    """``positions``: the tokens' raster cells in ``grid`` (default 0 .. N-1).
+
+    Returns (keep ascending (R,), fused hidden states (R, D) in keep order, selection order)."""
     n = hidden_states.shape[0]
     r = min(num_retain, n)
     if r == n:
@@ -38,7 +40,8 @@ def select_loop(hidden_states, key_states, grid, num_retain, *, num_pivots=4, to
     norm = hs.norm(dim=1).clamp_min(1e-8)
     sim = (hs @ hs.T) / (norm[:, None] * norm[None, :])  # (N, N)
     t, gh, gw = grid
-    coords = [(i // (gh * gw) * temporal_scale, (i // gw) % gh, i % gw) for i in range(n)]
+    cells = range(n) if positions is None else [int(c) for c in positions]
+    coords = [(i // (gh * gw) * temporal_scale, (i // gw) % gh, i % gw) for i in cells]
     pos = torch.tensor(coords, dtype=torch.float32)
     dist = (pos[:, None, :] - pos[None, :, :]).norm(dim=2)  # (N, N)
     nf = 1.0 / math.sqrt(gh * gh + gw * gw + (t * t if t > 1 else 0))
