@@ -16,13 +16,19 @@ install the hooks, with the helpers below):
                                   (the encoder attends within a frame) of the attention
                                   each patch receives, in the last block (it feeds the merger)
     Qwen2.5-VL                    the same, in the last full-attention block
+    LLaVA-OneVision (SigLIP)      mean over heads and over all queries of the same crop
+                                  (or video frame), in the block whose output the model
+                                  takes (``vision_feature_layer``, -1)
 
 Qwen's merger joins ``spatial_merge_size``^2 consecutive patches into one LLM token:
 a token's attention is the sum over its patches (the attention mass it receives) and
 its keys are its patches' keys concatenated in merge order, as the merger concatenates
 their features. Qwen2.5-VL's blocks see the tokens in window order; the captured
 signals are put back in raster order with the inverse of the model's window index, as
-the model does after its merger.
+the model does after its merger. LLaVA-OneVision's crops and frames go through the
+model's own ``pack_image_features`` and ``apply_pooling`` (its anyres layout, unpadding,
+bilinear downscaling and frame pooling, no newline tokens), so a token's signals are
+pooled exactly as its features are; see ``pruning/models/llava_onevision.py``.
 
 The signals are computed by a forward pre-hook on the chosen attention module from
 its own input (q/k projections plus rotary, like ``engine.rotary_query_key``), so the
@@ -33,7 +39,8 @@ Bookkeeping: the vision encoder runs before the prefill it belongs to (``generat
 encodes once and then passes the features to each forward), images before videos.
 Each encoder call adds one :class:`VisionItem` per LLM span, in the order of the
 batch's images (then videos); the first encoder call after a prefill has read them
-starts a new list. A prefill's spans take the items in that order, their grids checked.
+starts a new list, and so does a forward given pixels (it encodes them itself). A
+prefill's spans take the items in that order, their grids checked.
 """
 
 from __future__ import annotations
@@ -72,7 +79,13 @@ class VisionCapture:
     def __init__(self, model: nn.Module, family):
         self._items: list[VisionItem] = []
         self._read = False
-        self.hooks = family.vision_hooks(model, self._record)
+        self.hooks = family.vision_hooks(model, self._record) + [
+            model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)]
+
+    def _on_model_call(self, module, args, kwargs) -> None:
+        # A forward given pixels encodes them itself: whatever an earlier, failed call left is stale.
+        if any(kwargs.get(name) is not None for name in ("pixel_values", "pixel_values_videos")):
+            self._items, self._read = [], False
 
     def _record(self, items: list[VisionItem]) -> None:
         if self._read:  # a new encoder pass after a prefill read the previous one
@@ -80,16 +93,31 @@ class VisionCapture:
         self._items.extend(items)
 
     def item(self, spans: list[list[Span]], span: Span) -> VisionItem:
-        """The item of ``span``, one of the prefill's ``spans`` (per sample)."""
+        """The item of ``span``, one of the prefill's ``spans`` (per sample). A video may
+        have been recorded frame by frame (LLaVA-OneVision): it takes its T frames."""
         self._read = True
         ordered = [s for kind in ("image", "video") for sample in spans for s in sample if s.kind == kind]
-        if len(ordered) != len(self._items):
-            raise ValueError(f"the vision encoder gave signals for {len(self._items)} visual spans but the "
-                             f"batch has {len(ordered)}")
-        found = self._items[next(i for i, s in enumerate(ordered) if s is span)]
-        if found.grid != tuple(span.grid):
-            raise ValueError(f"vision signals of grid {found.grid} do not match the span's grid {span.grid}")
-        return found
+        cursor, found = 0, None
+        for s in ordered:
+            grid = tuple(s.grid)
+            count = grid[0] if s.kind == "video" and self._grid(cursor) == (1, *grid[1:]) else 1
+            taken = self._items[cursor:cursor + count]
+            if len(taken) != count or any(t.grid != (grid if count == 1 else (1, *grid[1:])) for t in taken):
+                raise ValueError(f"the vision encoder's signals ({len(self._items)} items, next grid "
+                                 f"{self._grid(cursor)}) do not match the batch's {s.kind} span of grid {grid}")
+            cursor += count
+            if s is span:
+                found = taken
+        if cursor != len(self._items) or found is None:
+            raise ValueError(f"the vision encoder gave {len(self._items)} items of signals; the batch's "
+                             f"{len(ordered)} visual spans take {cursor}")
+        if len(found) == 1:
+            return found[0]
+        return VisionItem(torch.cat([t.attention for t in found]), torch.cat([t.keys for t in found]),
+                          tuple(span.grid))
+
+    def _grid(self, cursor: int):
+        return self._items[cursor].grid if cursor < len(self._items) else None
 
 
 def capture(model: nn.Module, family, signals: set[str]) -> Optional[VisionCapture]:
@@ -131,6 +159,17 @@ def cls_attention(attn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, 
     weights = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)  # (B, H, 1, T)
     attention = weights[:, :, 0].mean(dim=1)[:, 1:]  # (B, P)
     return attention, k.transpose(1, 2).reshape(b, t, heads * d)[:, 1:]
+
+
+def crop_attention(attn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoders without a CLS token (SigLIP): ``received_attention`` per crop of ``attn``'s
+    (normed) input ``hidden`` (B, P, D). Returns attention (B, P) and keys (B, P, heads * d)."""
+    b, p, _ = hidden.shape
+    heads, d = attn.num_heads, attn.head_dim
+    q = attn.q_proj(hidden).view(b, p, heads, d).transpose(1, 2)  # (B, H, P, d)
+    k = attn.k_proj(hidden).view(b, p, heads, d).transpose(1, 2)
+    attention = torch.stack([received_attention(q[i], k[i], attn.scale) for i in range(b)])
+    return attention, k.transpose(1, 2).reshape(b, p, heads * d).float()
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:

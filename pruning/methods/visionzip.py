@@ -37,9 +37,14 @@ Deliberate deviations from the authors' code:
   ``vision_keys`` signal) has the heads concatenated. With one head both are equal.
 - Ties: their ``topk`` leaves ties unspecified; ours go to the lower index. Cosine
   uses ``F.normalize`` (eps 1e-12) where they divide by the norm (NaN for a zero key).
-- Computed in float32 whatever the model's dtype, deterministically. The other
-  encoders (SigLIP, Qwen) have no CLS token: ``pruning.vision`` says which attention
-  stands in for it.
+- Computed in float32 whatever the model's dtype, deterministically.
+- Other families (their code covers CLIP in LLaVA-1.5 / LLaVA-NeXT only): SigLIP
+  (LLaVA-OneVision) and the Qwen vision towers have no CLS token; the mean attention a
+  patch receives over all queries of its image (frame) stands in for the CLS row, and
+  Qwen's 2x2 merged tokens sum their patches' attention and concatenate their keys
+  (``pruning.vision`` gives the layer per family and the pooling). Each OneVision base
+  tile, high-resolution grid and video is its own span with its own R (their LLaVA-NeXT
+  path selects per 336px crop).
 """
 
 from __future__ import annotations

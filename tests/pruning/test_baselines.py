@@ -11,7 +11,7 @@ from pruning.methods import register, uniform
 
 
 def test_registry_lists_every_method_and_refuses_duplicates():
-    assert list_methods() == ["dart", "divprune", "fastv", "random", "uniform", "vlm_pruner"]
+    assert list_methods() == ["dart", "divprune", "fastv", "random", "uniform", "visionzip", "vlm_pruner"]
     assert get_method("vlm_pruner").default_layer == 2
     assert get_method("divprune").default_layer == 0
     with pytest.raises(ValueError, match="already registered"):

@@ -17,6 +17,7 @@ from pruning.models import family_for
 from tests.pruning.conftest import build_inputs, samples
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
+
 RECORDED: list[dict] = []
 
 
@@ -32,7 +33,7 @@ AttentionInterface.register("test_record_eager", _record_eager)
 
 
 def _chosen_attention(model, family_name):
-    if family_name == "llava":
+    if family_name in ("llava", "llava_onevision"):
         tower = model.model.vision_tower
         layers = getattr(tower, "vision_model", tower).encoder.layers
         return layers[vision.feature_block(model.config.vision_feature_layer, len(layers))].self_attn
@@ -50,7 +51,7 @@ def _run(tiny_cache, family_name):
     inputs = build_inputs(processor, family_name, names)
     capture = vision.VisionCapture(model, family_for(model))
     outputs = []
-    encoder = model.model.vision_tower if family_name == "llava" else model.model.visual
+    encoder = model.model.visual if family_name in QWEN else model.model.vision_tower
     hooks = capture.hooks + [encoder.register_forward_hook(lambda m, a, kw, out: outputs.append(out),
                                                            with_kwargs=True)]
     RECORDED.clear()
@@ -60,11 +61,12 @@ def _run(tiny_cache, family_name):
     finally:
         for hook in hooks:
             hook.remove()
-    return model, inputs, capture._items, outputs
+    return model, inputs, capture, outputs
 
 
 def test_llava_cls_row_equals_eager_attention(tiny_cache):
-    model, inputs, items, _ = _run(tiny_cache, "llava")
+    model, inputs, capture, _ = _run(tiny_cache, "llava")
+    items = capture._items
     (rec,) = RECORDED
     expected = rec["weights"][:, :, 0, 1:].mean(dim=1)  # (images, P): the CLS query, heads averaged
     b, h, t, d = rec["keys"].shape
@@ -79,7 +81,8 @@ def test_llava_cls_row_equals_eager_attention(tiny_cache):
 
 @pytest.mark.parametrize("family_name", QWEN)
 def test_qwen_received_attention_equals_eager_and_follows_the_merger(tiny_cache, family_name):
-    model, inputs, items, outputs = _run(tiny_cache, family_name)
+    model, inputs, capture, outputs = _run(tiny_cache, family_name)
+    items = capture._items
     family, merge = family_for(model), model.config.vision_config.spatial_merge_size
     grids = [g for key in ("image_grid_thw", "video_grid_thw") if key in inputs for g in [inputs[key]]]
     assert len(outputs) == len(grids) == 2  # images, then the video
@@ -118,3 +121,37 @@ def test_feature_block_maps_hidden_state_indices_to_blocks():
     for bad in (0, -25, 25, [-2, -1]):
         with pytest.raises(ValueError, match="vision_feature_layer"):
             vision.feature_block(bad, 24)
+
+
+def test_onevision_received_attention_equals_eager_through_the_models_layout(tiny_cache):
+    """SigLIP: the mean attention each patch receives in its crop, from eager weights, laid
+    out as the model lays out its features (pack_image_features without newlines, then
+    apply_pooling for the video's frames); the base tile is crop 0 unchanged."""
+    from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+    model, inputs, capture, _ = _run(tiny_cache, "llava_onevision")
+    items = capture._items
+    config, base = model.config, model.model
+    images, video = RECORDED  # one encoder call for the images' crops, one for the video's frames
+    signals = [torch.cat([rec["weights"].mean(dim=(1, 2))[..., None],
+                          rec["keys"].transpose(1, 2).flatten(2)], dim=-1) for rec in (images, video)]
+    sizes = inputs["image_sizes"]
+    crops = [image_size_to_num_patches(s, config.image_grid_pinpoints, config.vision_config.image_size)
+             for s in sizes]
+    packed, _ = base.pack_image_features(torch.split(signals[0], crops), sizes,
+                                         vision_aspect_ratio=config.vision_aspect_ratio)
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    expected = []
+    for tokens in packed:
+        expected += [tokens[:side * side], tokens[side * side:]]
+    expected += list(base.apply_pooling(signals[1]))  # one item per frame
+    assert len(items) == len(expected) == 2 * len(crops) + inputs["pixel_values_videos"].shape[1]
+    torch.testing.assert_close(items[0].attention, signals[0][0, :, 0], rtol=1e-5, atol=1e-7)
+    for got, want in zip(items, expected):
+        torch.testing.assert_close(got.attention, want[:, 0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got.keys, want[:, 1:], rtol=1e-5, atol=1e-6)
+    spans = family_for(model).spans(model, inputs["input_ids"], dict(inputs))
+    video_span = next(s for sample in spans for s in sample if s.kind == "video")
+    frames = video_span.grid[0]
+    got = capture.item(spans, video_span)  # a video takes its T frames, in order
+    torch.testing.assert_close(got.attention, torch.cat([it.attention for it in items[-frames:]]))

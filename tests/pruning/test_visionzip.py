@@ -208,3 +208,13 @@ def test_cached_generation_equals_recomputation(tiny, family):
         cached = greedy(model, inputs, new_tokens=5)
         recomputed = greedy(model, inputs, new_tokens=5, use_cache=False)
     assert cached.tolist() == recomputed.tolist()
+
+
+def test_vision_signals_are_captured_only_for_a_method_that_reads_them(tiny):
+    model, processor = tiny("qwen2_vl")
+    inputs = build_inputs(processor, "qwen2_vl", ["image"])
+    with pruning.apply(model, PruningConfig(method="divprune", pruning_rate=0.5)) as handle:
+        assert handle._vision is None
+        handle.config = PruningConfig(method="visionzip", pruning_rate=0.5)
+        with torch.no_grad(), pytest.raises(ValueError, match="vision signals are captured only"):
+            model(**inputs)
