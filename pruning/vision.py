@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -68,9 +68,6 @@ class VisionItem:
     attention: torch.Tensor
     keys: torch.Tensor
     grid: tuple[int, int, int]
-
-
-Record = Callable[[list[VisionItem]], None]
 
 
 class VisionCapture:
