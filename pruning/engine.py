@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pruning import seams
+from pruning import seams, vision
 from pruning.config import NO_PRUNING, PruningConfig
 from pruning.methods import get_method
 from pruning.models import Span, family_for
@@ -112,6 +112,8 @@ class PruningHandle:
         self._media: dict = {}  # per modality: what the vision encoder was last given
         self._recording = False
         self._hooks = hooks + self._capture_media_inputs() + self.family.install(model, self)
+        self._vision = vision.capture(model, self.family, self._signals())  # None: no vision signal read
+        self._hooks += self._vision.hooks if self._vision is not None else []
 
     @property
     def sequence_is_pruned(self) -> bool:
@@ -448,6 +450,9 @@ class PruningHandle:
             "text_normed_hidden_states": lambda: normed[b, text_after()],
             "text_hidden_states": lambda: hidden[b, text_after()],
             "text_attention": lambda: rows_attention(*pending["qk"], pending["mask"][b], b, text_after())[:, :, pos],
+            # the vision encoder's signals cover the span's original tokens: the survivors' rows
+            "vision_attention": lambda: vision.for_span(self._vision, pending["spans"], span).attention[token_index],
+            "vision_keys": lambda: vision.for_span(self._vision, pending["spans"], span).keys[token_index],
             "token_index": lambda: token_index,
             "grid": lambda: span.grid,
             "num_tokens": lambda: span.num_tokens,

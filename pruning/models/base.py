@@ -51,6 +51,11 @@ class Family:
         """Family-specific seams (e.g. Qwen3-VL DeepStack); returns hook handles to remove."""
         return []
 
+    def vision_hooks(self, model: nn.Module, record) -> list:
+        """Hooks that call ``record(items)`` with one ``pruning.vision.VisionItem`` per LLM
+        span each time the vision encoder runs (see ``pruning.vision``); returns them."""
+        raise ValueError(f"vision signals are not available for {type(model).__name__}")
+
 
 def spans_from_tokens(input_ids: torch.Tensor, token_id: int, grids: Sequence[tuple[int, int, int]],
                       kind: str) -> list[list[Span]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from pruning import vision
 from pruning.models.base import Family, Span, register_family, spans_from_tokens
 
 
@@ -27,6 +28,21 @@ class LlavaFamily(Family):
             raise ValueError(f"{count} <image> tokens is not a multiple of {side}x{side}")
         return spans_from_tokens(input_ids, config.image_token_id,
                                  [(1, side, side)] * (count // (side * side)), "image")
+
+    def vision_hooks(self, model, record) -> list:
+        """The CLS row of the block whose output LLaVA takes (``vision_feature_layer``)."""
+        config = model.config
+        tower = model.model.vision_tower
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        attn = layers[vision.feature_block(config.vision_feature_layer, len(layers))].self_attn
+        side = config.vision_config.image_size // config.vision_config.patch_size
+
+        def capture(module, args, kwargs):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)  # (images, 1 + P, D)
+            attention, keys = vision.cls_attention(module, hidden)
+            record([vision.VisionItem(a, k, (1, side, side)) for a, k in zip(attention, keys)])
+
+        return [attn.register_forward_pre_hook(capture, with_kwargs=True)]
 
 
 register_family(LlavaFamily())

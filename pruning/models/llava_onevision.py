@@ -14,6 +14,7 @@ unpadded to 5 x 16 -> 5 rows of 16 + newline = 85 tokens; spans (1, 8, 8), (1, 5
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,7 +23,8 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
     unpad_image,
 )
 
-from pruning.models.base import Family, Span, register_family
+from pruning import vision
+from pruning.models.base import Family, InstanceAttribute, Span, register_family
 
 
 class LlavaOnevisionFamily(Family):
@@ -65,6 +67,63 @@ class LlavaOnevisionFamily(Family):
         if next_image != len(images):
             raise ValueError(f"{len(images) - next_image} images have no <image> tokens in input_ids")
         return batch
+
+    def vision_hooks(self, model, record) -> list:
+        """SigLIP has no CLS token: the mean attention each patch receives over all queries
+        of its crop (or frame), in the block whose output the model takes. Crops and frames
+        become LLM tokens the way the model's features do: the per-patch signals go through
+        the model's own ``pack_image_features`` (tiles arranged, unpadded, bilinearly
+        downscaled past anyres_max; newlines left out) and ``apply_pooling`` (bilinear to
+        ceil(s/2)^2 per frame)."""
+        config, base = model.config, model.model
+        if config.vision_feature_select_strategy != "full":
+            raise ValueError("vision signals for LLaVA-OneVision need vision_feature_select_strategy='full', "
+                             f"got {config.vision_feature_select_strategy!r}")
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        tower = base.vision_tower
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        attn = layers[vision.feature_block(config.vision_feature_layer, len(layers))].self_attn
+        crops = {}
+
+        def capture(module, args, kwargs):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)  # (crops, P, D)
+            attention, keys = vision.crop_attention(module, hidden)
+            crops["signals"] = torch.cat([attention[..., None], keys], dim=-1)  # (crops, P, 1 + Dk)
+
+        pack, pool = base.pack_image_features, base.apply_pooling
+
+        @functools.wraps(pack)
+        def pack_with_signals(image_features, image_sizes, *args, **kwargs):
+            signals = torch.split(crops.pop("signals"), [f.shape[0] for f in image_features])
+            no_newline = {k: v for k, v in kwargs.items() if k != "image_newline"}
+            packed, _ = pack(signals, image_sizes, *args[1:], **no_newline)  # (L_i, 1 + Dk) per image
+            items = []
+            for tokens, size in zip(packed, image_sizes):
+                items.append(_item(tokens[:side * side], (1, side, side)))
+                if tokens.shape[0] > side * side:
+                    h, w = hires_grid(config, tuple(int(v) for v in size), side)
+                    items.append(_item(tokens[side * side:], (1, h, w)))
+            record(items)
+            return pack(image_features, image_sizes, *args, **kwargs)
+
+        @functools.wraps(pool)
+        def pool_with_signals(features):
+            frames = pool(crops.pop("signals"))  # (frames, p^2, 1 + Dk)
+            p = math.ceil(side / 2)
+            record([_item(frame, (1, p, p)) for frame in frames])  # a video takes its T frames
+            return pool(features)
+
+        base.pack_image_features, base.apply_pooling = pack_with_signals, pool_with_signals
+        return [attn.register_forward_pre_hook(capture, with_kwargs=True),
+                InstanceAttribute(base, "pack_image_features", pack_with_signals),
+                InstanceAttribute(base, "apply_pooling", pool_with_signals)]
+
+
+def _item(tokens: torch.Tensor, grid: tuple[int, int, int]) -> vision.VisionItem:
+    """(N, 1 + Dk) packed signals (attention first) to a VisionItem."""
+    if tokens.shape[0] != grid[0] * grid[1] * grid[2]:
+        raise ValueError(f"{tokens.shape[0]} vision tokens do not fill the grid {grid}")
+    return vision.VisionItem(tokens[:, 0], tokens[:, 1:], grid)
 
 
 def hires_grid(config, image_size: tuple[int, int], side: int) -> tuple[int, int]:
