@@ -19,7 +19,10 @@ with the ``layer_attention`` signal. Deliberate deviations:
 - ties go to the lower index (their ``topk`` leaves ties to the kernel), scores in float32
   (theirs in the model's dtype);
 - the query is the last prompt token, as for FastV (their ``prompt_len + image_tokens - 1``
-  is the same token for a single image; we rank every span of a sample on its own).
+  is the same token for a single image; we rank every span of a sample on its own);
+- positions: after each drop the authors renumber the sequence (``arange`` of the new
+  length); we keep the original position ids by default, ``positions: renumbered``
+  reproduces theirs.
 """
 
 from __future__ import annotations
