@@ -265,19 +265,27 @@ def _left(plan: Plan, counts: dict) -> dict[str, list[int]]:
 
 
 def _write_lost(plan: Plan, left: dict[str, list[int]]) -> list[dict]:
-    """Error rows (:data:`LOST`) for the rows no attempt could answer, per point that lacks them."""
-    store, keys, written = RowStore(plan.store), plan.keys(), []
-    counts = {s.name: max(left.get(s.name, [0])) + 1 for s in plan.sources}
-    for source in plan.sources:
-        for point, key in enumerate(keys[source.name]):
-            done = store.done(source.name, key, counts[source.name])
-            rows = [{"index": i, "task": source.name, "id": f"row {i}", "point": point, "error": LOST, "score": 0.0}
-                    for i in left.get(source.name, []) if not done[i]]
+    """Error rows (:data:`LOST`) for the rows no attempt could answer, per point that lacks
+    them; a Ray task per source reads the store's done masks and writes them (the driver
+    reads no rows)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def write(store_path: str, name: str, keys: list[str], indices: list[int]) -> list[dict]:
+        store, written = RowStore(store_path), []
+        for point, key in enumerate(keys):
+            done = store.done(name, key, max(indices) + 1)
+            rows = [{"index": i, "task": name, "id": f"row {i}", "point": point, "error": LOST, "score": 0.0}
+                    for i in indices if not done[i]]
             if rows:
-                path = store.write(contract.table(rows, contract.SCORED), source.name, key)
-                written.append({"task": source.name, "point": point, "rows": len(rows), "errors": len(rows),
+                path = store.write(contract.table(rows, contract.SCORED), name, key)
+                written.append({"task": name, "point": point, "rows": len(rows), "errors": len(rows),
                                 "model_errors": 0, "first_error": LOST, "path": path})
-    return written
+        return written
+
+    keys = plan.keys()
+    refs = [write.remote(plan.store, s.name, keys[s.name], left[s.name]) for s in plan.sources if left.get(s.name)]
+    return [record for ref in refs for record in ray.get(ref)]
 
 
 def _check_resources(resources: Resources) -> None:
