@@ -18,7 +18,13 @@ sequence and layers from K on only the kept tokens, and decoding continues at th
 original length: the model's own rotary positions are untouched, only the attention
 mask of layers >= K is rebuilt each decode step from the kept columns plus the new
 ones. With K = 0 the tokens are removed right after the projector, before any decoder
-layer.
+layer (signals of "layer K-1" then come from layer 0's own input norm and projections).
+
+Progressive configs (``stages``) prune again before each later stage layer, on the
+survivors (spans at their new slots, ``token_index`` their cells in the original grid);
+each stage's layers cache that stage's tokens and get that stage's mask in decode.
+``positions: renumbered`` gives the kept sequence fresh 1-D ids (rotary recomputed by
+the text model's ``rotary_emb``), and decode steps continue after the kept tokens.
 
 Prefill or decode step is decided from state the engine owns: a call continues the
 engine's pruned prefill when it is given the very KV cache that prefill filled, at the
@@ -327,43 +333,7 @@ class PruningHandle:
         batch, seq_len = hidden.shape[:2]
         normed = self.text.norm(hidden).to(device) if _NORMED & self._signals() else None
         stats = pending.setdefault("stats", [[] for _ in range(batch)])
-        keep_rows, new_states, new_spans, new_index = [], [], [], []
-        removed = False
-        for b in range(batch):
-            # Padding slots an earlier stage added go; the input's own padding stays (masked).
-            keep = self.keep_index[b] >= 0 if stage and self.keep_index is not None else \
-                torch.ones(seq_len, dtype=torch.bool, device=device)
-            row_states, spans, indices = {}, [], []
-            visual = torch.zeros(seq_len, dtype=torch.bool, device=device)
-            for span in pending["spans"][b]:
-                visual[span.positions] = True
-            for j, span in enumerate(pending["spans"][b]):
-                token_index = pending["token_index"][b][j] if stage else \
-                    torch.arange(span.num_tokens, device=device)
-                retain = config.num_retain_for(math.prod(span.grid), stage)
-                _sync(device)  # so that select_seconds covers the selection's kernels alone
-                start = time.perf_counter()
-                local, states = self._select(b, span, hidden, normed, visual, pending, retain, token_index)
-                _sync(device)
-                elapsed = time.perf_counter() - start
-                removed |= local.numel() < span.num_tokens
-                keep[span.positions] = False
-                kept_positions = span.positions[local]
-                keep[kept_positions] = True
-                if states is not None:
-                    row_states[kept_positions] = states
-                indices.append(token_index[local])
-                spans.append((kept_positions, span))
-                if stage == 0:
-                    stats[b].append(SpanStats(span.kind, span.grid, span.num_tokens, 0, [], 0.0))
-                record = stats[b][j]
-                record.after, record.keep = local.numel(), token_index[local].tolist()
-                record.select_seconds += elapsed
-                record.stages.append(local.numel())
-            keep_rows.append(keep.nonzero().squeeze(1))
-            new_states.append(row_states)
-            new_spans.append(spans)
-            new_index.append(indices)
+        keep_rows, new_states, new_spans, new_index, removed = self._select_spans(stage, hidden, normed, stats)
         kept_seq_len = [int(k.numel()) for k in keep_rows]
         previous = self.stats.kept_seq_len if stage and self.stats else [seq_len] * batch
         self.stats = CallStats(stats, pending["seq_len"] if stage else seq_len, kept_seq_len,
@@ -422,6 +392,51 @@ class PruningHandle:
             args = (new_hidden,) + tuple(args[1:])
         kwargs.update(swap)
         return args, kwargs
+
+    def _select_spans(self, stage: int, hidden, normed, stats):
+        """Run the method on every span of the batch at this stage; returns per sample the
+        kept sequence positions (B lists), the fused states by kept positions, the spans'
+        kept positions, the survivors' grid cells, and whether anything was removed."""
+        pending, config = self._pending, self._config
+        (batch, seq_len), device = hidden.shape[:2], hidden.device
+        keep_rows, new_states, new_spans, new_index = [], [], [], []
+        removed = False
+        for b in range(batch):
+            # Padding slots an earlier stage added go; the input's own padding stays (masked).
+            keep = self.keep_index[b] >= 0 if stage and self.keep_index is not None else \
+                torch.ones(seq_len, dtype=torch.bool, device=device)
+            row_states, spans, indices = {}, [], []
+            visual = torch.zeros(seq_len, dtype=torch.bool, device=device)
+            for span in pending["spans"][b]:
+                visual[span.positions] = True
+            for j, span in enumerate(pending["spans"][b]):
+                token_index = pending["token_index"][b][j] if stage else \
+                    torch.arange(span.num_tokens, device=device)
+                retain = config.num_retain_for(math.prod(span.grid), stage)
+                _sync(device)  # so that select_seconds covers the selection's kernels alone
+                start = time.perf_counter()
+                local, states = self._select(b, span, hidden, normed, visual, pending, retain, token_index)
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                removed |= local.numel() < span.num_tokens
+                keep[span.positions] = False
+                kept_positions = span.positions[local]
+                keep[kept_positions] = True
+                if states is not None:
+                    row_states[kept_positions] = states
+                indices.append(token_index[local])
+                spans.append((kept_positions, span))
+                if stage == 0:
+                    stats[b].append(SpanStats(span.kind, span.grid, span.num_tokens, 0, [], 0.0))
+                record = stats[b][j]
+                record.after, record.keep = local.numel(), token_index[local].tolist()
+                record.select_seconds += elapsed
+                record.stages.append(local.numel())
+            keep_rows.append(keep.nonzero().squeeze(1))
+            new_states.append(row_states)
+            new_spans.append(spans)
+            new_index.append(indices)
+        return keep_rows, new_states, new_spans, new_index, removed
 
     def _select(self, b: int, span: Span, hidden, normed, visual, pending, num_retain: int, token_index):
         """Run the configured method on one span; returns (kept local indices, fused states).
