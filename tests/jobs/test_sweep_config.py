@@ -55,7 +55,7 @@ def test_set_parses_yaml_and_indexes_lists():
 
 
 @pytest.mark.parametrize("override, field, allowed", [
-    ("grid.methods=[vlm_pruner, fastvv]", "grid.methods[1]", "allowed: dart, divprune, fastv"),
+    ("grid.methods=[vlm_pruner, fastvv]", "grid.methods[1]", "allowed: cdpruner, dart, divprune, dycoke, fastv"),
     ("grid.pruning_rates=[0.5, 1.5]", "grid.pruning_rates[1]", "in [0, 1)"),
     ("grid.layers=[-1]", "grid.layers[0]", "integer >= 0 for vlm_pruner"),
     ("grid.params={vlm_pruner: {stages: [[3, 2]]}}", "grid.params.vlm_pruner.stages[0]", "layers must increase"),

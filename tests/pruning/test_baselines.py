@@ -11,7 +11,8 @@ from pruning.methods import register, uniform
 
 
 def test_registry_lists_every_method_and_refuses_duplicates():
-    assert {"dart", "divprune", "fastv", "pyramiddrop", "random", "uniform", "visionzip", "vlm_pruner"} <= \
+    assert {"cdpruner", "dart", "divprune", "dycoke", "fastv", "pyramiddrop", "random", "sparsevlm", "uniform",
+            "visionzip", "vlm_pruner"} <= \
         set(list_methods())
     assert list_methods() == sorted(list_methods())
     assert get_method("vlm_pruner").default_layer == 2

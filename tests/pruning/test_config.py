@@ -27,7 +27,7 @@ INVALID = [
     (dict(method="vlm_pruner", num_retain=0), r"num_retain must be an integer >= 1"),
     (dict(method="vlm_pruner", num_retain=6.4), r"num_retain must be an integer >= 1"),
     (dict(method="vlm_pruner", num_retain=True), r"num_retain must be an integer >= 1"),
-    (dict(method="sparsevlm", pruning_rate=0.5), r"method must be one of dart, divprune, fastv, .*vlm_pruner, none"),
+    (dict(method="token_merging_2031", pruning_rate=0.5), r"method must be one of cdpruner, dart, divprune, .*vlm_pruner, none"),
     (dict(method="vlm_pruner", pruning_rate=0.5, layer=-1), r"layer must be an integer >= 0 for vlm_pruner"),
     (dict(method="fastv", pruning_rate=0.5, layer=0), r"layer must be an integer >= 1 for fastv"),
     (dict(method="dart", pruning_rate=0.5, layer=0), r"layer must be an integer >= 1 for dart"),
@@ -164,7 +164,7 @@ def test_from_dict_errors():
     with pytest.raises(ValueError, match=r"params.token_batch is given twice"):
         PruningConfig.from_dict({"method": "vlm_pruner", "pruning_rate": 0.5, "token_batch": 8,
                                  "params": {"token_batch": 4}})
-    with pytest.raises(ValueError, match=r"method is required; one of dart, .*none"):
+    with pytest.raises(ValueError, match=r"method is required; one of cdpruner, dart, .*none"):
         PruningConfig.from_dict({"pruning_rate": 0.5})
     with pytest.raises(ValueError, match=r"params.pruning_rte is not a parameter of vlm_pruner"):
         PruningConfig.from_dict({"method": "vlm_pruner", "pruning_rate": 0.5, "pruning_rte": 0.5})

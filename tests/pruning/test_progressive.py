@@ -72,7 +72,7 @@ def test_grid_methods_cannot_be_progressive_and_stages_must_fit_the_model():
 # -- progressive, on every family -------------------------------------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["vlm_pruner", "pyramiddrop"])
+@pytest.mark.parametrize("method", ["vlm_pruner", "pyramiddrop", "sparsevlm"])
 def test_a_stage_that_keeps_everything_changes_nothing(tiny, family, method):
     """[[1, 0], [2, r]] is the single stage at layer 2; [[1, r], [2, r]] the single stage at 1."""
     model, processor = tiny(family)
@@ -86,7 +86,7 @@ def test_a_stage_that_keeps_everything_changes_nothing(tiny, family, method):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["vlm_pruner", "pyramiddrop"])
+@pytest.mark.parametrize("method", ["vlm_pruner", "pyramiddrop", "sparsevlm"])
 def test_progressive_batch_equals_samples_one_by_one(tiny, family, method):
     model, processor = tiny(family)
     config = PruningConfig.from_dict({"method": method, "pruning_rate": 0.8, "stages": [1, 2, 3]})
