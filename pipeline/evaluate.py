@@ -167,7 +167,7 @@ def summarize(task, rows: list[dict], seconds: float, *, answered: Optional[int]
     ok = [r for r in rows if not r["error"]]
 
     def mean(key):
-        values = [r[key] for r in ok if r[key] is not None]
+        values = [r[key] for r in ok if r.get(key) is not None]
         return sum(values) / len(values) if values else 0.0
 
     answered = len(rows) if answered is None else answered
@@ -178,6 +178,7 @@ def summarize(task, rows: list[dict], seconds: float, *, answered: Optional[int]
                    visual_tokens_after=mean("visual_tokens_after"),
                    ttft_s=mean("ttft_s"), prefill_s=mean("prefill_s"),
                    decode_s_per_token=mean("decode_s_per_token"), select_s=mean("select_s"),
+                   shared_s=mean("shared_s"),
                    peak_memory_mb=max([r["peak_memory_mb"] or 0.0 for r in ok], default=0.0))
     return metrics
 

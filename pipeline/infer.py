@@ -4,6 +4,11 @@ The one place that turns samples into processor inputs and model outputs. The Ra
 actor stage, the plain-loop benchmark, the server and the annotation job all call
 :class:`Generator`, so they measure and answer the same way.
 
+Grid points of one batch share their common work (``Generator.shared``, pipeline/prefix.py):
+the vision encoder runs once, and the decoder layers before a point's first pruning layer
+run once for all points that prune there or deeper; their measured seconds are added
+to each point's timings (``shared_s``), so every point reports its config's times alone.
+
 Timings (per batch; every sample of a batch reports its batch's values):
     ttft_s        generate() start to the end of the first forward (vision encoder,
                   pruning and prefill included): time to first token.
@@ -11,10 +16,13 @@ Timings (per batch; every sample of a batch reports its batch's values):
     decode_s_per_token  the remaining forwards divided by the tokens they produced.
     peak_memory_mb  CUDA peak allocated memory of the batch, or the process's peak RSS on CPU.
     generate_s    the whole generate() call (batch_size requests): per-config throughput.
+    shared_s      of those seconds, the part computed once for the batch's grid points and
+                  counted in (0 outside ``Generator.shared``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import resource
 import time
@@ -29,9 +37,11 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 import pruning
 from pipeline.models import load_model
+from pipeline.prefix import SharedPrefix, first_layer, shared_depth
 from pruning import PruningConfig
 from pruning.config import NO_PRUNING
 from pruning.methods import get_method
+from pruning.vision import VISION_SIGNALS
 
 VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
 # New tokens when a request names no budget: what lmms-eval 0.7.3's wrapper of each family
@@ -72,6 +82,7 @@ class Answer:
     peak_memory_mb: float = 0.0
     generate_s: float = 0.0  # the batch's whole generate() call
     batch_size: int = 1  # requests in that call
+    shared_s: float = 0.0  # seconds of the timings above computed once for the batch's grid points
     error: Optional[str] = None
 
 
@@ -84,15 +95,28 @@ class Generator:
     """A loaded model and processor that answer batches of requests under a pruning config.
 
     The model is loaded once; ``run(requests, config)`` switches the pruning config per
-    call (a new hook handle only when the pruning layer changes).
+    call (a new hook handle only when the pruning layers change). Inside
+    ``with generator.shared(configs):`` the calls for the same prepared requests share
+    the vision encoder and the lower decoder layers (pipeline/prefix.py).
     """
 
     def __init__(self, model_spec: str, *, device: str = "cpu", dtype: Optional[str] = None,
                  attn_implementation: str = "sdpa", cache_dir: Optional[str] = None,
                  device_map: Optional[str | dict] = None, **load_kwargs):
-        self.model, self.processor = load_model(model_spec, dtype=dtype, device=device,
-                                                attn_implementation=attn_implementation, cache_dir=cache_dir,
-                                                device_map=device_map, **load_kwargs)
+        model, processor = load_model(model_spec, dtype=dtype, device=device,
+                                      attn_implementation=attn_implementation, cache_dir=cache_dir,
+                                      device_map=device_map, **load_kwargs)
+        self._setup(model, processor, device, device_map)
+
+    @classmethod
+    def from_model(cls, model, processor, device: str = "cpu") -> "Generator":
+        """A generator around a model already built (benchmarks: a random mid-size model)."""
+        generator = cls.__new__(cls)
+        generator._setup(model, processor, device, None)
+        return generator
+
+    def _setup(self, model, processor, device, device_map) -> None:
+        self.model, self.processor = model, processor
         self.family = self.model.config.model_type
         self.preparer = Preparer(self.processor, self.family)
         # Where inputs go: the device, or with a device_map the first GPU (the embeddings'
@@ -103,13 +127,15 @@ class Generator:
         self._forward_times: list[float] = []
         self.model.register_forward_pre_hook(lambda *_: self._forward_times.append(time.perf_counter()))
         self.model.register_forward_hook(lambda *_: self._forward_times.append(time.perf_counter()))
+        self.prefix = SharedPrefix(self.model, on_replay=self._replayed)
+        self._share: Optional[dict] = None  # inside shared(): depth and the collated batches
 
     def use(self, config: PruningConfig) -> pruning.PruningHandle:
         """Install ``config`` (validated against this model before any work)."""
         config.check_against(self.model.config)
         if config.method != NO_PRUNING and (warm_up := get_method(config.method).warm_up) is not None:
             warm_up(str(self.device))  # compiled kernels, once per process, before timing
-        if self._handle is not None and config.prune_layers == self._handle.stage_layers:
+        if self._handle is not None and self._handle.accepts(config):
             self._handle.config = config
         else:
             if self._handle is not None:
@@ -138,13 +164,42 @@ class Generator:
 
     def run_prepared(self, prepared: Sequence[Prepared], config: PruningConfig) -> list[Answer]:
         """:meth:`run` for requests already through :meth:`Preparer.prepare` (elsewhere,
-        e.g. in the pipeline's CPU stage): only collation and the model run here."""
-        return self.generate(self.preparer.collate(prepared), [p.max_new_tokens for p in prepared], config,
-                             [p.until for p in prepared])
+        e.g. in the pipeline's CPU stage): only collation and the model run here. Inside
+        :meth:`shared`, the same ``prepared`` objects are collated once and their calls
+        share the vision encoder and the lower layers."""
+        key = None
+        if self._share is not None:
+            key = tuple(id(p) for p in prepared)
+            if self._share["key"] != key:  # another batch: the previous record goes
+                self.prefix.drop()
+                self._share.update(key=key, inputs=self.preparer.collate(prepared).to(self.device),
+                                   held=list(prepared))
+            inputs = self._share["inputs"]
+        else:
+            inputs = self.preparer.collate(prepared)
+        return self.generate(inputs, [p.max_new_tokens for p in prepared], config, [p.until for p in prepared],
+                             share_key=key)
+
+    @contextlib.contextmanager
+    def shared(self, configs: Sequence[PruningConfig]):
+        """Within the block, :meth:`run_prepared` calls for the same prepared requests under
+        ``configs`` compute the vision encoder once and each decoder layer below the
+        points' first pruning layers once (pipeline/prefix.py); outputs are those of each
+        call alone, timings include the shared seconds. The record is freed on exit."""
+        self._share = {"depth": shared_depth(configs, len(self.prefix.layers)), "key": None}
+        try:
+            yield self
+        finally:
+            self._share = None
+            self.prefix.drop()
+
+    def _replayed(self, index: int, hidden_states, kwargs) -> None:
+        if self._handle is not None:
+            self._handle.replayed_layer(index, hidden_states, kwargs)
 
     @torch.no_grad()
     def generate(self, inputs, max_new_tokens: Sequence[Optional[int]], config: PruningConfig,
-                 until: Optional[Sequence[Sequence[str]]] = None) -> list[Answer]:
+                 until: Optional[Sequence[Sequence[str]]] = None, share_key=None) -> list[Answer]:
         """Greedy answers for a batch of processor ``inputs`` (one per request), each cut at
         its own ``max_new_tokens`` (None: the family's :data:`WRAPPER_MAX_NEW_TOKENS`) and
         before the first of its stop strings ``until``, as lmms-eval's wrappers cut. A
@@ -160,9 +215,17 @@ class Generator:
             for index in range(torch.cuda.device_count()):  # every GPU a split model uses
                 torch.cuda.synchronize(index)
                 torch.cuda.reset_peak_memory_stats(index)
+        if share_key is not None:
+            self.prefix.begin(share_key, self._share["depth"])
+            reads = set() if config.method == NO_PRUNING else set(get_method(config.method).signals)
+            self.prefix.arm(first_layer(config, len(self.prefix.layers)), vision_ok=not VISION_SIGNALS & reads)
         self._forward_times.clear()
         start = time.perf_counter()
-        out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False, stopping_criteria=criteria)
+        try:
+            out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False,
+                                      stopping_criteria=criteria)
+        finally:
+            shared = self.prefix.disarm()
         if self.device.type == "cuda":
             for index in range(torch.cuda.device_count()):
                 torch.cuda.synchronize(index)
@@ -172,14 +235,18 @@ class Generator:
         steps = max(len(times) // 2 - 1, 0)
         stats = handle.stats
         befores, afters = stats.visual_tokens() if stats else ([0] * len(max_new_tokens),) * 2
+        # Shared seconds count as this call's own: the layers in its prefill, the encoder in
+        # its TTFT (and prefill, where the model encodes inside its forward).
         common = dict(
-            ttft_s=first_end - start,
-            prefill_s=(times[1] - times[0]) if len(times) > 1 else 0.0,
+            ttft_s=first_end - start + shared.total_s,
+            prefill_s=((times[1] - times[0]) if len(times) > 1 else 0.0) + shared.layers_s
+            + shared.vision_in_prefill_s,
             decode_s_per_token=(end - first_end) / steps if steps else 0.0,
             select_s=stats.select_seconds if stats else 0.0,
             peak_memory_mb=_peak_memory_mb(self.device),
-            generate_s=end - start,
+            generate_s=end - start + shared.total_s,
             batch_size=len(max_new_tokens),
+            shared_s=shared.total_s,
         )
         generated = out[:, prompt_length:]
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()  # padding left out

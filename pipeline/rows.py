@@ -78,6 +78,8 @@ ANSWER = _columns(
     ("peak_memory_mb", pa.float64(), "CUDA peak allocated (or the actor's peak RSS on CPU)"),
     ("generate_s", pa.float64(), "the batch's whole generate() call"),
     ("batch_size", pa.int64(), "samples in that call"),
+    ("shared_s", pa.float64(), "of the batch's timings, the seconds computed once for all its grid points "
+                               "(vision encoder, lower layers: pipeline/prefix.py) and counted in"),
     ("infer_started", pa.float64(), "epoch seconds: the actor call began"),
     ("infer_finished", pa.float64(), "epoch seconds: the actor call ended"),
 )

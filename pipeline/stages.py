@@ -188,7 +188,10 @@ def _task_id() -> Optional[str]:
 class InferStage:
     """One model per actor; answers each row under every grid point it lists, batch by
     batch: all rows of the batch that need point 0, then point 1, ... ``points`` is the
-    config table (``PruningConfig.to_dict()`` per point id) the rows' ids index."""
+    config table (``PruningConfig.to_dict()`` per point id) the rows' ids index. The
+    batch's points share the vision encoder and the decoder layers below their first
+    pruning layers (``Generator.shared``, pipeline/prefix.py): answers are each point's
+    alone, timings each point's as if alone (the shared seconds in ``shared_s``)."""
 
     def __init__(self, model: str, points: Sequence[dict], device: str = "cpu", dtype: Optional[str] = None,
                  threads: Optional[int] = None, device_map: Optional[str] = None, batch_timeout_s: float = 0.0):
@@ -223,8 +226,10 @@ class InferStage:
             for point in row["points"]:
                 rows.append({**row, "point": point, "prepared": prepared, **contract.NO_ANSWER})
         asked = [row for row in rows if not row["error"]]
-        with deadline(self.timeout):
-            for point in sorted({row["point"] for row in rows}):
+        points = sorted({row["point"] for row in rows})
+        # The batch's points share the vision encoder and their common lower layers.
+        with deadline(self.timeout), self.generator.shared([self.configs[p] for p in points]):
+            for point in points:
                 group = [row for row in asked if row["point"] == point]
                 if group:
                     self._answer(group, self.configs[point])
@@ -259,7 +264,7 @@ class InferStage:
                        decode_s_per_token=answer.decode_s_per_token, select_s=answer.select_s,
                        peak_memory_mb=answer.peak_memory_mb, spans=json.dumps(answer.spans),
                        prompt_tokens=answer.prompt_tokens, generate_s=answer.generate_s,
-                       batch_size=answer.batch_size)
+                       batch_size=answer.batch_size, shared_s=answer.shared_s)
 
 
 class ScoreStage:

@@ -90,7 +90,7 @@ class RowStore:
         wanted = list(dict.fromkeys(["index", "error", *wanted]))
         if not parts:
             return contract.schema([c for c in contract.SCORED if c.name in wanted]).empty_table()
-        table = pa.concat_tables([pq.read_table(p, columns=wanted, filesystem=self.fs) for p in parts])
+        table = pa.concat_tables([self._read_part(p, wanted) for p in parts])
         if count is not None:
             table = table.filter(pc.less(table["index"], count))
         index = table["index"].to_numpy()
@@ -99,6 +99,18 @@ class RowStore:
         _, first = np.unique(index[order], return_index=True)
         table = table.take(pa.array(order[first]))
         return table if columns is None or "error" in columns else table.drop_columns(["error"])
+
+    def _read_part(self, path: str, wanted: Sequence[str]) -> pa.Table:
+        """One part's ``wanted`` columns; a column the part predates (written by an
+        earlier release, e.g. ``shared_s``) is read as nulls."""
+        have = set(pq.read_schema(path, filesystem=self.fs).names)
+        table = pq.read_table(path, columns=[c for c in wanted if c in have], filesystem=self.fs)
+        types = {c.name: c.type for c in contract.SCORED}
+        for name in wanted:
+            if name not in have:
+                table = table.append_column(pa.field(name, types.get(name, pa.null())),
+                                            pa.nulls(table.num_rows, types.get(name, pa.null())))
+        return table.select(list(wanted))
 
     def done(self, source: str, key: str, count: int, *, keep_errors: bool = True) -> np.ndarray:
         """(count,) bool: which of the source's rows are stored under ``key``; with

@@ -108,6 +108,8 @@ class PruningHandle:
 
         hooks = [model.register_forward_pre_hook(self._on_model_call, with_kwargs=True),
                  model.register_forward_hook(self._on_model_return)]
+        # The states entering layer 0, for methods that read the LLM's inputs at a later layer.
+        hooks.append(layers[0].register_forward_pre_hook(self._capture_inputs, with_kwargs=True))
         for layer in self.stage_layers:
             if layer >= 1:
                 hooks.append(layers[layer - 1].self_attn.register_forward_pre_hook(
@@ -138,6 +140,21 @@ class PruningHandle:
                              f"apply a new handle for layers {list(config.prune_layers)}")
         self._check_layer_zero_signals(config)
         self._config = config
+
+    def accepts(self, config: PruningConfig) -> bool:
+        """Whether ``config`` can be switched to on this handle (``handle.config = config``):
+        the same stage layers, and the vision encoder's signals captured if it reads them."""
+        return config.prune_layers == self.stage_layers and \
+            (self._vision is not None or not vision.VISION_SIGNALS & self._signals(config))
+
+    def replayed_layer(self, index: int, hidden_states: torch.Tensor, kwargs: dict) -> None:
+        """Decoder layer ``index`` of this prefill was not run but replayed from a record of
+        the same inputs (``pipeline.prefix``): take from its input what its attention's
+        pre-hook would have (the signals of the layer before a pruning layer)."""
+        if index + 1 not in self.stage_layers:
+            return
+        layer = self.text.layers[index]
+        self._capture_signals(layer.self_attn, (), {**kwargs, "hidden_states": layer.input_layernorm(hidden_states)})
 
     def _check_layer_zero_signals(self, config: PruningConfig) -> None:
         """At layer 0 the layer-before signals come from layer 0's own input norm and attention;
@@ -192,8 +209,9 @@ class PruningHandle:
                 finally:
                     self._recording = False
 
+            previous = base.__dict__.get(name)  # another seam's wrapper, kept under ours
             setattr(base, name, record)
-            restores.append(InstanceAttribute(base, name, record))
+            restores.append(InstanceAttribute(base, name, record, previous))
         return restores
 
     # -- model call ------------------------------------------------------------------
@@ -251,6 +269,11 @@ class PruningHandle:
         hidden = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D) normed
         tables = seams.rotary_tables(kwargs, hidden.shape[1], "the attention before a pruning layer")
         self._capture(module, hidden, tables)
+        return None
+
+    def _capture_inputs(self, module, args, kwargs):
+        if self._pending is not None and _INPUTS & self._signals():
+            self._pending["inputs"] = kwargs.get("hidden_states", args[0] if args else None)  # (B, S, D)
         return None
 
     def _capture(self, module, hidden, tables) -> None:
@@ -454,6 +477,9 @@ class PruningHandle:
             after = torch.arange(int(pos.max()) + 1, hidden.shape[1], device=hidden.device)
             return after[~visual[after] & (pending["mask"][b, after] > 0)]
 
+        def original(positions: torch.Tensor) -> torch.Tensor:  # positions in the unpruned sequence
+            return positions if self.keep_index is None else self.keep_index[b].to(positions.device)[positions]
+
         provide = {
             "hidden_states": lambda: hidden[b, pos],
             "embeddings": lambda: hidden[b, pos],
@@ -464,6 +490,8 @@ class PruningHandle:
             "text_key_states": lambda: pending["keys"][b, text_after()],
             "text_normed_hidden_states": lambda: normed[b, text_after()],
             "text_hidden_states": lambda: hidden[b, text_after()],
+            "input_embeddings": lambda: pending["inputs"][b, original(pos)],
+            "text_input_embeddings": lambda: pending["inputs"][b, original(text_after())],
             "text_attention": lambda: rows_attention(*pending["qk"], pending["mask"][b], b, text_after())[:, :, pos],
             # the vision encoder's signals cover the span's original tokens: the survivors' rows
             "vision_attention": lambda: vision.for_span(self._vision, pending["spans"], span).attention[token_index],
@@ -485,6 +513,7 @@ class PruningHandle:
 _FROM_LAYER_BEFORE = {"key_states", "attention", "text_key_states", "text_attention"}
 _NORMED = {"normed_hidden_states", "text_normed_hidden_states"}
 _NEED_QUERIES = {"attention", "text_attention"}
+_INPUTS = {"input_embeddings", "text_input_embeddings"}
 
 
 def apply(model: nn.Module, config: PruningConfig) -> PruningHandle:

@@ -11,7 +11,10 @@ tasks' samples without a prefix, and, against the unpruned baseline:
 
 Timings are the infer stage's per-batch values (``pipeline.infer``), and the infer stage
 runs each config's rows as their own batches, so they are this config's alone even though
-all configs share one Ray job. ``samples_per_second`` is likewise this config's: its
+all configs share one Ray job. The vision encoder and the decoder layers below a point's
+first pruning layer run once per batch for all its points (pipeline/prefix.py); their
+measured seconds are counted into every point's timings, and ``shared_s`` (the mean per
+batch) says how many of a point's seconds those are. ``samples_per_second`` is likewise this config's: its
 samples divided by the wall time of its own ``generate`` calls (each row carries its
 batch's ``generate_s`` and ``batch_size``); video decoding, which all configs share, and
 Ray's scheduling are not in it. ``peak_memory_mb`` is the largest value any of the
@@ -40,7 +43,7 @@ from typing import Mapping, Sequence
 from pruning import PruningConfig
 from pruning.flops import prefill_flops, total_flops
 
-TIMINGS = ("ttft_s", "prefill_s", "decode_s_per_token", "select_s")
+TIMINGS = ("ttft_s", "prefill_s", "decode_s_per_token", "select_s", "shared_s")
 
 
 def point_metrics(results: Mapping[str, tuple[Mapping[str, float], Sequence[dict]]], model_config,

@@ -35,6 +35,9 @@ SIGNALS = {
     "text_key_states": "(M, kv_heads * d) rotary keys of layer K-1 of the text tokens after the span",
     "text_normed_hidden_states": "(M, D) final-normed states of those text tokens",
     "text_hidden_states": "(M, D) states entering layer K of those text tokens (K = 0: their input embeddings)",
+    "input_embeddings": "(N, D) the span's tokens as the LLM was given them: the states entering decoder "
+                        "layer 0 (at any K; the survivors' rows at later stages)",
+    "text_input_embeddings": "(M, D) the same for the text tokens after the span (their token embeddings)",
     "text_attention": "(heads, M, N) attention of each of those text tokens to the span in layer K-1 (K >= 1)",
     "vision_attention": "(N,) attention each of the span's tokens receives in the vision encoder "
                         "(pruning.vision: CLS row, or mean over queries, of the family's chosen layer)",

@@ -6,8 +6,8 @@ Follows the authors' v1.0 (github.com/Gumpest/SparseVLMs: ``score.py``
 and ``cluster_and_merge`` in ``utils.py``). At each sparse layer:
 
 1. raters: the text tokens after the image whose relation to the visual tokens is above
-   average: ``softmax_text(V T^T)`` (raw dot products) averaged over the visual tokens,
-   kept where it exceeds its mean;
+   average: ``softmax_text(V T^T)`` of the LLM's input embeddings (raw dot products),
+   averaged over the visual tokens, kept where it exceeds its mean;
 2. rank: the layer's attention averaged over heads, the raters' rows at the visual
    columns, averaged over raters; the top tokens are kept;
 3. recycle: of the dropped tokens, the ``recycle_ratio`` (0.3) highest ranked plus one
@@ -27,11 +27,12 @@ deviations:
   "192") and always drop at least one token. R is split into kept tokens and the
   clusters their formula gives for the rest (the larger kept count where two add up to R;
   all R clusters when even dropping every token gives more than R clusters).
-- raters are chosen at each stage from the states entering its layer (the survivors and
-  the text after the span); the authors choose them once from the input embeddings. One
-  image and a text-only prompt after it is their setting; each span here has its own
-  raters among the text after it. No rater above the mean (all equal) uses every text
-  token; no text after the span ranks every token equal (ties to the lower index).
+- raters are chosen at each stage from the input embeddings of that stage's survivors
+  (the first stage: every token of the span, as the authors' one choice) and of the text
+  after the span; the authors choose them once, over all visual tokens. One image with a
+  text prompt after it is their setting; each span here has its own raters among the
+  text after it. No rater above the mean (all equal) uses every text token; no text after
+  the span ranks every token equal (ties to the lower index).
 - recycled tokens: each cluster's mean takes the slot (and position id) of its centre
   token, so the kept sequence keeps its order; the authors insert the clusters after the
   kept visual tokens and renumber positions (v1.0 truncates ``position_ids``), which
@@ -57,16 +58,18 @@ PARAMS = {
 }
 
 
-@register("sparsevlm", signals=("hidden_states", "text_hidden_states", "text_attention"), default_layer=3,
-          min_layer=1, params=PARAMS, default_stages=(3, 7, 16))
-def select(hidden_states: torch.Tensor, text_hidden_states: torch.Tensor, text_attention: torch.Tensor,
-           num_retain: int, *, recycle_ratio: float = 0.3, cluster_ratio: float = 0.1) -> Selection:
+@register("sparsevlm", signals=("hidden_states", "input_embeddings", "text_input_embeddings", "text_attention"),
+          default_layer=3, min_layer=1, params=PARAMS, default_stages=(3, 7, 16))
+def select(hidden_states: torch.Tensor, input_embeddings: torch.Tensor, text_input_embeddings: torch.Tensor,
+           text_attention: torch.Tensor, num_retain: int, *, recycle_ratio: float = 0.3,
+           cluster_ratio: float = 0.1) -> Selection:
     """Keep the span's R tokens: the best ranked by the text raters, plus the recycled
     clusters' means in their centres' slots.
 
     Args:
-        hidden_states: (N, D) the span's states entering the stage's layer.
-        text_hidden_states: (M, D) the states of the text tokens after the span.
+        hidden_states: (N, D) the span's states entering the stage's layer (recycled from).
+        input_embeddings: (N, D) the span's tokens' input embeddings (raters from).
+        text_input_embeddings: (M, D) the input embeddings of the text tokens after the span.
         text_attention: (heads, M, N) those text tokens' attention to the span in the
             layer before.
         num_retain: R (kept tokens plus clusters).
@@ -85,13 +88,14 @@ def select(hidden_states: torch.Tensor, text_hidden_states: torch.Tensor, text_a
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     n = hidden_states.shape[0]
-    if text_attention.shape[-1] != n or text_attention.shape[1] != text_hidden_states.shape[0]:
+    if text_attention.shape[-1] != n or text_attention.shape[1] != text_input_embeddings.shape[0] or \
+            input_embeddings.shape[0] != n:
         raise ValueError(f"text_attention {tuple(text_attention.shape)} does not match {n} visual and "
-                         f"{text_hidden_states.shape[0]} text tokens")
+                         f"{text_input_embeddings.shape[0]} text tokens")
     count = min(num_retain, n)
     if count == n:
         return Selection(torch.arange(n, device=hidden_states.device))
-    relation = rank(hidden_states, text_hidden_states, text_attention)
+    relation = rank(input_embeddings, text_input_embeddings, text_attention)
     order = torch.sort(relation, descending=True, stable=True).indices
     top, clusters = split(n, count, recycle_ratio, cluster_ratio)
     kept = order[:top]
@@ -105,11 +109,12 @@ def select(hidden_states: torch.Tensor, text_hidden_states: torch.Tensor, text_a
     return Selection(keep, states[slot])
 
 
-def rank(hidden: torch.Tensor, text: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """(N,) the raters' head-averaged attention to each visual token."""
+def rank(visual: torch.Tensor, text: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """(N,) the raters' head-averaged attention to each visual token; raters are chosen on
+    the input embeddings ``visual`` (N, D) and ``text`` (M, D)."""
     if text.shape[0] == 0:
-        return torch.zeros(hidden.shape[0], device=hidden.device)
-    relation = (hidden.float() @ text.float().T).softmax(dim=1).mean(dim=0)  # (M,)
+        return torch.zeros(visual.shape[0], device=visual.device)
+    relation = (visual.float() @ text.float().T).softmax(dim=1).mean(dim=0)  # (M,)
     raters = torch.where(relation > relation.mean())[0]
     if raters.numel() == 0:
         raters = torch.arange(text.shape[0], device=text.device)

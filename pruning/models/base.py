@@ -98,14 +98,20 @@ def merge_spans(*per_kind: list[list[Span]]) -> list[list[Span]]:
 
 
 class InstanceAttribute:
-    """Undo handle for a method overridden on one instance (a thin, removable seam)."""
+    """Undo handle for a method overridden on one instance (a thin, removable seam).
 
-    def __init__(self, obj, name: str, value):
-        self.obj, self.name, self.value = obj, name, value
+    ``previous`` is the instance attribute the override replaced (another seam's wrapper,
+    e.g. pipeline.prefix's under the engine's), restored on removal; None: the class's."""
+
+    def __init__(self, obj, name: str, value, previous=None):
+        self.obj, self.name, self.value, self.previous = obj, name, value, previous
 
     def remove(self) -> None:
         if self.obj.__dict__.get(self.name) is self.value:
-            delattr(self.obj, self.name)
+            if self.previous is not None:
+                setattr(self.obj, self.name, self.previous)
+            else:
+                delattr(self.obj, self.name)
 
 
 _FAMILIES: dict[str, Family] = {}
