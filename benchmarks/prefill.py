@@ -198,9 +198,8 @@ HEAD = (f"{'method':<10} {'rate':>6} {'kept':>10} {'ms':>9} {'speed-up':>9} {'pr
         f"{'meas/pred':>9} {'select':>7} {'cpu':>5}")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and input size options (benchmarks/shared.py builds the same model)."""
     size = parser.add_argument_group("model and input size (defaults / with --quick)")
     size.add_argument("--hidden", type=int, help="LLM hidden size (1536 / 256)")
     size.add_argument("--layers", type=int, help="LLM decoder layers (12 / 4); K = 2 needs >= 3")
@@ -210,7 +209,24 @@ def main(argv=None):
     size.add_argument("--vision-width", type=int, help="vision tower width, 64 per head (128 / 64)")
     size.add_argument("--vision-depth", type=int, help="vision tower blocks (2 / 1)")
     size.add_argument("--visual-tokens", type=int,
-                      help="approximate visual tokens of the one image (1500 / 64); 4 vision patches each")
+                      help="approximate visual tokens of an image (1500 / 64); 4 vision patches each")
+
+
+def resolve_sizes(args, parser: argparse.ArgumentParser) -> None:
+    """Fill the sizes left unset from SIZES (--quick: the small ones) and check them."""
+    for name, (default, quick) in SIZES.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, quick if args.quick else default)
+    args.heads = args.heads or max(1, args.hidden // (64 if args.quick else 128))
+    args.mlp = args.mlp or 128 * max(1, round(2.7 * args.hidden / 128))
+    if args.hidden % args.heads or args.heads % args.kv_heads or (args.hidden // args.heads) % 8:
+        parser.error("need hidden divisible by heads, heads by kv-heads, and head_dim divisible by 8")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_size_arguments(parser)
     run = parser.add_argument_group("what to run")
     run.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
                      help=f"any of {', '.join(METHODS)} (default: all)")
@@ -234,13 +250,7 @@ def main(argv=None):
     run.add_argument("--seed", type=int, default=0, help="seed of the weights and the image")
     run.add_argument("--quick", action="store_true", help="tiny sizes and 1 repeat: a smoke run of seconds")
     args = parser.parse_args(argv)
-    for name, (default, quick) in SIZES.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else default)
-    args.heads = args.heads or max(1, args.hidden // (64 if args.quick else 128))
-    args.mlp = args.mlp or 128 * max(1, round(2.7 * args.hidden / 128))
-    if args.hidden % args.heads or args.heads % args.kv_heads or (args.hidden // args.heads) % 8:
-        parser.error("need hidden divisible by heads, heads by kv-heads, and head_dim divisible by 8")
+    resolve_sizes(args, parser)
     if not all(0 < r < 100 for r in args.rates):
         parser.error("--rates are percentages in (0, 100)")
     args.dtype = getattr(torch, args.dtype)

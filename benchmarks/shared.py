@@ -78,15 +78,7 @@ def label(config: PruningConfig) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    size = parser.add_argument_group("model and input size (defaults / with --quick)")
-    size.add_argument("--hidden", type=int, help="LLM hidden size (1536 / 256)")
-    size.add_argument("--layers", type=int, help="LLM decoder layers (12 / 4)")
-    size.add_argument("--heads", type=int, help="LLM query heads (hidden / 128: head_dim 128 / hidden / 64)")
-    size.add_argument("--kv-heads", type=int, help="LLM key-value heads (2 / 2)")
-    size.add_argument("--mlp", type=int, help="LLM MLP width (default: 2.7 x hidden, rounded to 128)")
-    size.add_argument("--vision-width", type=int, help="vision tower width, 64 per head (128 / 64)")
-    size.add_argument("--vision-depth", type=int, help="vision tower blocks (2 / 1)")
-    size.add_argument("--visual-tokens", type=int, help="visual tokens per image (~1500 / 64)")
+    prefill.add_size_arguments(parser)
     parser.add_argument("--requests", type=int, default=2, help="prompts in the batch, each with its own image")
     parser.add_argument("--new-tokens", type=int, default=8, help="greedy tokens per answer")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -95,11 +87,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args(argv)
-    for name, (default, quick) in prefill.SIZES.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, quick if args.quick else default)
-    args.heads = args.heads or max(1, args.hidden // (64 if args.quick else 128))
-    args.mlp = args.mlp or 128 * max(1, round(2.7 * args.hidden / 128))
+    prefill.resolve_sizes(args, parser)
     args.dtype, args.device = getattr(torch, args.dtype), torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

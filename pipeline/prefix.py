@@ -48,7 +48,7 @@ from torch import nn
 
 from pruning import seams
 from pruning.models import family_for
-from pruning.models.base import InstanceAttribute
+from pruning.models.base import InstanceAttribute, override_encoders
 
 log = logging.getLogger(__name__)
 
@@ -156,20 +156,13 @@ class SharedPrefix:
         self._in_forward = self._in_prefill = False
 
     def _memoise_encoders(self) -> list:
-        base, undo = self.model.base_model, []
-        for modality in ("image", "video"):
-            name = f"get_{modality}_features"
-            original = getattr(base, name, None)
-            if original is None:
-                continue
-
-            @functools.wraps(original)
-            def encode(*args, _original=original, _modality=modality, **kwargs):
+        def make(modality, original):
+            def encode(*args, **kwargs):
                 if not self.active:
-                    return _original(*args, **kwargs)
-                named = inspect.signature(_original).bind_partial(*args, **kwargs).arguments
+                    return original(*args, **kwargs)
+                named = inspect.signature(original).bind_partial(*args, **kwargs).arguments
                 pixels = next((v for k, v in named.items() if k.startswith("pixel_values")), None)
-                key = (_modality, _identity(pixels))
+                key = (modality, _identity(pixels))
                 hit = self._encoded.get(key)
                 if hit is not None and self._vision_ok:
                     self.shared.vision_s += hit.seconds
@@ -178,17 +171,16 @@ class SharedPrefix:
                 device = pixels.device if isinstance(pixels, torch.Tensor) else torch.device("cpu")
                 _sync(device)
                 start = time.perf_counter()
-                output = _original(*args, **kwargs)
+                output = original(*args, **kwargs)
                 _sync(device)
                 if hit is None:
                     self._encoded[key] = _Encoded(output, time.perf_counter() - start, self._in_forward)
                     self.peak_bytes = max(self.peak_bytes, self.nbytes())
                 return output
 
-            previous = base.__dict__.get(name)
-            setattr(base, name, encode)
-            undo.append(InstanceAttribute(base, name, encode, previous))
-        return undo
+            return encode
+
+        return override_encoders(self.model.base_model, make)
 
     def _wrap_layer(self, index: int, forward):
         @functools.wraps(forward)  # keeps the signature (pruning.seams inspects it)

@@ -48,7 +48,7 @@ from pruning import seams, vision
 from pruning.config import NO_PRUNING, PruningConfig
 from pruning.methods import get_method
 from pruning.models import Span, family_for
-from pruning.models.base import InstanceAttribute
+from pruning.models.base import override_encoders
 
 
 @dataclass
@@ -189,30 +189,22 @@ class PruningHandle:
         pixels and grids to every forward of that call, so the spans' grids are taken
         here. The wrappers keep the originals' signatures (generate inspects them).
         """
-        base, restores = self.model.base_model, []
-        for modality in ("image", "video"):
-            name = f"get_{modality}_features"
-            original = getattr(base, name, None)
-            if original is None:
-                continue
-
-            @functools.wraps(original)
-            def record(*args, _original=original, _modality=modality, **kwargs):
+        def make(modality, original):
+            def record(*args, **kwargs):
                 if self._recording:  # Qwen3-VL's video getter calls the image getter
-                    return _original(*args, **kwargs)
-                named = inspect.signature(_original).bind_partial(*args, **kwargs).arguments
-                self._media[_modality] = {k: v for k, v in {**named.pop("kwargs", {}), **named}.items()
-                                          if not k.startswith("pixel_values")}
+                    return original(*args, **kwargs)
+                named = inspect.signature(original).bind_partial(*args, **kwargs).arguments
+                self._media[modality] = {k: v for k, v in {**named.pop("kwargs", {}), **named}.items()
+                                         if not k.startswith("pixel_values")}
                 self._recording = True
                 try:
-                    return _original(*args, **kwargs)
+                    return original(*args, **kwargs)
                 finally:
                     self._recording = False
 
-            previous = base.__dict__.get(name)  # another seam's wrapper, kept under ours
-            setattr(base, name, record)
-            restores.append(InstanceAttribute(base, name, record, previous))
-        return restores
+            return record
+
+        return override_encoders(self.model.base_model, make)
 
     # -- model call ------------------------------------------------------------------
 

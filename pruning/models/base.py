@@ -7,6 +7,7 @@ the modules the engine hooks. Families are looked up by the config's ``model_typ
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -112,6 +113,24 @@ class InstanceAttribute:
                 setattr(self.obj, self.name, self.previous)
             else:
                 delattr(self.obj, self.name)
+
+
+def override_encoders(base, make) -> list[InstanceAttribute]:
+    """Override ``get_image_features`` / ``get_video_features`` on the instance ``base``
+    (those it has) with ``make(modality, original)``, keeping the original's signature
+    (``generate`` inspects it) and any override already there under the new one. Returns
+    the undo handles."""
+    undo = []
+    for modality in ("image", "video"):
+        name = f"get_{modality}_features"
+        original = getattr(base, name, None)
+        if original is None:
+            continue
+        wrapper = functools.wraps(original)(make(modality, original))
+        previous = base.__dict__.get(name)
+        setattr(base, name, wrapper)
+        undo.append(InstanceAttribute(base, name, wrapper, previous))
+    return undo
 
 
 _FAMILIES: dict[str, Family] = {}
