@@ -170,8 +170,8 @@ class Generator:
         key = None
         if self._share is not None:
             key = tuple(id(p) for p in prepared)
-            if self._share["key"] != key:  # another batch: the previous record goes
-                self.prefix.drop()
+            if self._share["key"] != key:  # another batch (prefix.begin drops the previous record)
+                # ``held`` keeps the requests alive, so that their ids cannot be reused by others.
                 self._share.update(key=key, inputs=self.preparer.collate(prepared).to(self.device),
                                    held=list(prepared))
             inputs = self._share["inputs"]

@@ -40,13 +40,14 @@ import functools
 import inspect
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from pruning import seams
+from pruning.config import NO_PRUNING
 from pruning.models import family_for
 from pruning.models.base import InstanceAttribute, override_encoders
 
@@ -75,7 +76,6 @@ class Shared:
     vision_s: float = 0.0  # encoder calls served from the record
     vision_in_prefill_s: float = 0.0  # of which ran inside the forward when recorded
     layers_s: float = 0.0  # layers replayed
-    layers: list = field(default_factory=list)  # their indices
 
     @property
     def total_s(self) -> float:
@@ -200,7 +200,6 @@ class SharedPrefix:
             if self.on_replay is not None:
                 self.on_replay(index, hidden, kwargs)
             self.shared.layers_s += record.seconds
-            self.shared.layers.append(index)
             return record.output
         _sync(hidden.device)
         start = time.perf_counter()
@@ -220,8 +219,6 @@ class SharedPrefix:
 
 def first_layer(config, num_layers: int) -> int:
     """The layer a config prunes first before (the unpruned baseline: every layer is shared)."""
-    from pruning.config import NO_PRUNING
-
     return num_layers if config.method == NO_PRUNING else config.prune_layers[0]
 
 

@@ -90,7 +90,8 @@ class RowStore:
         wanted = list(dict.fromkeys(["index", "error", *wanted]))
         if not parts:
             return contract.schema([c for c in contract.SCORED if c.name in wanted]).empty_table()
-        table = pa.concat_tables([self._read_part(p, wanted) for p in parts])
+        types = {c.name: c.type for c in contract.SCORED}
+        table = pa.concat_tables([self._read_part(p, wanted, types) for p in parts])
         if count is not None:
             table = table.filter(pc.less(table["index"], count))
         index = table["index"].to_numpy()
@@ -100,12 +101,13 @@ class RowStore:
         table = table.take(pa.array(order[first]))
         return table if columns is None or "error" in columns else table.drop_columns(["error"])
 
-    def _read_part(self, path: str, wanted: Sequence[str]) -> pa.Table:
-        """One part's ``wanted`` columns; a column the part predates (written by an
-        earlier release, e.g. ``shared_s``) is read as nulls."""
-        have = set(pq.read_schema(path, filesystem=self.fs).names)
-        table = pq.read_table(path, columns=[c for c in wanted if c in have], filesystem=self.fs)
-        types = {c.name: c.type for c in contract.SCORED}
+    def _read_part(self, path: str, wanted: Sequence[str], types: dict) -> pa.Table:
+        """One part's ``wanted`` columns (opened once: its footer gives the columns it has);
+        a column the part predates (written by an earlier release, e.g. ``shared_s``) is
+        read as nulls of its ``types`` entry."""
+        part = pq.ParquetFile(path, filesystem=self.fs)
+        have = set(part.schema_arrow.names)
+        table = part.read(columns=[c for c in wanted if c in have])
         for name in wanted:
             if name not in have:
                 table = table.append_column(pa.field(name, types.get(name, pa.null())),
